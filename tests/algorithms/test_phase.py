@@ -1,0 +1,58 @@
+import numpy as np
+import pytest
+
+from qsmprep.algorithms.constants import hz_to_ppm, ppm_to_hz, wrap_to_pi
+from qsmprep.algorithms.phase import detect_phase_period, scale_phase
+
+TRUE = np.linspace(-np.pi, np.pi, 1001, endpoint=False)
+
+
+def _close_mod_2pi(a, b, tol=1e-3):
+    return np.all(np.abs(wrap_to_pi(a - b)) < tol)
+
+
+def test_radians_pass_through():
+    assert detect_phase_period(TRUE) == pytest.approx(2 * np.pi)
+    assert _close_mod_2pi(scale_phase(TRUE), TRUE)
+    # [0, 2 pi) radians are the same angles
+    assert _close_mod_2pi(scale_phase(TRUE % (2 * np.pi)), TRUE)
+
+
+def test_siemens_integer_range():
+    stored = np.round(TRUE / (2 * np.pi) * 8192).astype(np.int16)
+    assert stored.min() == -4096
+    assert detect_phase_period(stored) == 8192
+    assert _close_mod_2pi(scale_phase(stored), TRUE, tol=2 * np.pi / 8192)
+
+
+def test_range_is_not_stretched_to_the_volume_min_max():
+    # a volume whose values happen to use only part of -4096..4095 keeps the Siemens scale
+    stored = np.round(TRUE[200:900] / (2 * np.pi) * 8192)
+    stored = np.append(stored, [-4090, 4090])
+    out = scale_phase(stored)
+    assert _close_mod_2pi(out[:-2], TRUE[200:900], tol=2 * np.pi / 8192)
+
+
+def test_scl_slope_inter_stored_data():
+    # 0..4095 codes with scl_slope=2, scl_inter=-4096 give -4096..4094 after nibabel applies them
+    codes = np.round((TRUE + np.pi) / (2 * np.pi) * 4096)
+    applied = codes * 2.0 - 4096.0
+    assert _close_mod_2pi(scale_phase(applied), TRUE, tol=4 * np.pi / 8192)
+    # unsigned 0..4095 without scaling
+    assert detect_phase_period(codes) == 4096
+    assert _close_mod_2pi(scale_phase(codes), TRUE + np.pi, tol=2 * np.pi / 4096)
+
+
+def test_sign_flip_and_declared_units():
+    assert _close_mod_2pi(scale_phase(TRUE, sign=-1), -TRUE)
+    with pytest.raises(ValueError, match="radians"):
+        scale_phase(np.array([-4096.0, 4095.0]), units="rad")
+    with pytest.raises(ValueError):
+        scale_phase(np.array([np.nan]))
+
+
+def test_hz_ppm_roundtrip_uses_gamma():
+    assert float(ppm_to_hz(1.0, b0_tesla=3.0)) == pytest.approx(127.7324, rel=1e-5)
+    assert float(hz_to_ppm(ppm_to_hz(0.37, b0_tesla=7.0), b0_tesla=7.0)) == pytest.approx(0.37)
+    with pytest.raises(ValueError):
+        ppm_to_hz(1.0, b0_tesla=0)
