@@ -1,0 +1,193 @@
+"""``qsmprep`` entry point: validate, build, run, report, exit code."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+LOGGER = logging.getLogger("qsmprep")
+
+
+def _fail(msg: str, code: int = 1) -> int:
+    print(f"qsmprep: error: {msg}", file=sys.stderr)
+    return code
+
+
+def write_dataset_description(output_dir: Path) -> Path:
+    """Write the derivative ``dataset_description.json`` (BIDS 1.10)."""
+    from qsmprep.__about__ import __version__
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    desc = {
+        "Name": "qsmprep derivatives: quantitative susceptibility maps",
+        "BIDSVersion": "1.10.0",
+        "DatasetType": "derivative",
+        "GeneratedBy": [{"Name": "qsmprep", "Version": __version__,
+                         "CodeURL": "https://github.com/qsmprep/qsmprep"}],
+        "HowToAcknowledge": "Cite qsmprep and the methods listed in logs/CITATION.md.",
+    }  # fmt: skip
+    path = output_dir / "dataset_description.json"
+    path.write_text(json.dumps(desc, indent=2) + "\n")
+    bidsignore = output_dir / ".bidsignore"
+    if not bidsignore.exists():
+        bidsignore.write_text("**/log/\nlogs/\n*_swi.nii.gz\n*_minIP.nii.gz\n")
+    return path
+
+
+def describe_plan(settings, acquisitions) -> str:
+    """Human-readable list of acquisitions found and the stages that would run."""
+    lines = [f"qsmprep would process {len(acquisitions)} acquisition(s) from {settings.bids_dir}:"]
+    for acq in acquisitions:
+        tes = ", ".join(f"{t * 1e3:.2f}" for t in acq.echo_times_s)
+        mag = f"{len(acq.magnitude_files)} magnitude" if acq.magnitude_files else "phase-only"
+        b0 = f"{acq.b0_tesla:g} T" + (" (from --b0-tesla)" if acq.b0_from_cli else "")
+        lines.append(f"  {acq.name}: {len(acq.phase_files)} echo(es) TE=[{tes}] ms, {mag}, {b0}")
+    lines.append("stages:")
+    lines.append(f"  phase scaling (sign {settings.phase_sign:+d}) -> masking: {settings.masking}"
+                 f" -> combination: {settings.combination} -> unwrapping: {settings.unwrapping}")
+    lines.append(f"  -> bfr: {settings.bfr} -> inversion: {settings.inversion}"
+                 f" -> reference: {settings.reference} -> derivatives in {settings.output_dir}")
+    return "\n".join(lines)  # fmt: skip
+
+
+def _plugin(settings) -> tuple[str, dict]:
+    if settings.use_plugin:
+        from qsmprep.config import load_plugin_settings
+
+        return load_plugin_settings(settings.use_plugin)
+    if settings.nprocs > 1:
+        args = {"n_procs": settings.nprocs, "raise_insufficient": False}
+        if settings.mem_gb:
+            args["memory_gb"] = settings.mem_gb
+        return "MultiProc", args
+    return "Linear", {}
+
+
+def collect(settings):
+    """Acquisitions per subject; a subject with bad input is reported, not fatal to others."""
+    from qsmprep.interfaces.bids import BIDSInputError, collect_acquisitions, list_subjects
+
+    subjects = list_subjects(settings.bids_dir, participant_label=settings.participant_label)
+    acquisitions, errors = [], []
+    for sub in subjects:
+        try:
+            acquisitions.extend(collect_acquisitions(
+                settings.bids_dir, participant_label=(sub,), session_label=settings.session_label,
+                bids_filter=_bids_filter(settings), b0_tesla=settings.b0_tesla,
+            ))  # fmt: skip
+        except BIDSInputError as exc:
+            errors.append(f"sub-{sub}: {exc}")
+    return acquisitions, errors
+
+
+def _bids_filter(settings):
+    from qsmprep.interfaces.bids import load_bids_filter
+
+    return load_bids_filter(settings.bids_filter_file) if settings.bids_filter_file else None
+
+
+def _cleanup_failed(settings, acquisitions) -> list[str]:
+    """Remove the outputs of acquisitions without a Chimap; return their names."""
+    failed = []
+    for acq in acquisitions:
+        anat = Path(settings.output_dir) / f"sub-{acq.subject}"
+        if acq.session:
+            anat = anat / f"ses-{acq.session}"
+        anat = anat / "anat"
+        if not (anat / f"{acq.name}_Chimap.nii.gz").exists():
+            failed.append(acq.name)
+            for f in anat.glob(f"{acq.name}_*"):
+                f.unlink()
+    return failed
+
+
+def run_participant(settings) -> int:
+    """Run the participant level; return the process exit code."""
+    from qsmprep.interfaces.bids import BIDSInputError, check_acquisition_advice
+
+    try:
+        acquisitions, errors = collect(settings)
+    except BIDSInputError as exc:
+        return _fail(str(exc))
+    for err in errors:
+        print(f"qsmprep: error: {err}", file=sys.stderr)
+    if not acquisitions:
+        return _fail("no acquisition could be processed") if errors else _fail(
+            f"no MEGRE/T2starw phase data found in {settings.bids_dir}")
+    for acq in acquisitions:
+        for warning in check_acquisition_advice(acq):
+            LOGGER.warning("%s: %s", acq.name, warning)
+    if settings.dry_run:
+        print(describe_plan(settings, acquisitions))
+        return 1 if errors else 0
+
+    from nipype import config as ncfg
+
+    from qsmprep.workflows.base import init_qsmprep_wf
+
+    out = Path(settings.output_dir)
+    write_dataset_description(out)
+    work_dir = Path(settings.work_dir or (out.parent / "work"))
+    ncfg.update_config({"execution": {"stop_on_first_crash": False, "hash_method": "content",
+                                      "remove_unnecessary_outputs": True},
+                        "monitoring": {"enabled": False}})  # fmt: skip
+    for sub in sorted({a.subject for a in acquisitions}):
+        log_dir = out / f"sub-{sub}" / "log"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        settings.to_toml(log_dir / "qsmprep.toml")
+    workflow = init_qsmprep_wf(settings, acquisitions, work_dir=work_dir)
+    _write_citation(workflow, out)
+    plugin, plugin_args = _plugin(settings)
+    try:
+        workflow.run(plugin=plugin, plugin_args=plugin_args)
+    except Exception as exc:  # nipype raises RuntimeError listing crashed nodes
+        LOGGER.error("some nodes crashed: %s", str(exc).splitlines()[0] if str(exc) else exc)
+    failed = _cleanup_failed(settings, acquisitions)
+    for name in failed:
+        print(f"qsmprep: error: {name} failed; crash files are in "
+              f"{out / ('sub-' + name.split('_')[0][4:]) / 'log'}", file=sys.stderr)  # fmt: skip
+    done = len(acquisitions) - len(failed)
+    print(f"qsmprep: {done}/{len(acquisitions)} acquisition(s) finished; outputs in {out}")
+    return 1 if (failed or errors) else 0
+
+
+def _write_citation(workflow, out: Path) -> None:
+    """Assemble the methods text from the ``__desc__`` of the sub-workflows that run."""
+    seen: list[str] = []
+    for name in workflow.list_node_names():
+        parts = name.split(".")
+        for i in range(1, len(parts)):
+            sub = workflow.get_node(".".join(parts[:i]))
+            desc = getattr(sub, "__desc__", None)
+            if desc and desc not in seen:
+                seen.append(desc)
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    from qsmprep.__about__ import __version__
+
+    text = f"Results were generated with qsmprep {__version__}.\n\n" + "\n\n".join(seen) + "\n"
+    (logs / "CITATION.md").write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point of ``qsmprep``."""
+    os.environ.setdefault("NIPYPE_NO_ET", "1")
+    from qsmprep.cli.parser import parse_args
+
+    settings = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING - 10 * min(settings.verbose, 2),
+                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")  # fmt: skip
+    if settings.analysis_level == "group":
+        print("qsmprep: group level: nothing to do yet (regional tables arrive with issue 5)")
+        return 0
+    try:
+        return run_participant(settings)
+    except (ValueError, OSError) as exc:
+        return _fail(str(exc).splitlines()[0])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,414 @@
+"""Run settings of qsmprep: one frozen dataclass that round-trips to TOML.
+
+The settings object is built once by :func:`qsmprep.cli.parser.parse_args` (or read back with
+:meth:`Settings.from_toml`) and read only by the top-level workflow factory; everything below it
+receives plain values. There is no module-level mutable state here.
+
+The ``*_CHOICES`` constants are the single place where a new stage method is registered for the
+command line and the validation below.
+
+Examples
+--------
+>>> s = Settings(bids_dir="/data/bids", output_dir="/data/out", analysis_level="participant",
+...              nprocs=2, participant_label=("sub-01",))
+>>> s.participant_label
+('01',)
+>>> s.replace(inversion="tkd").inversion
+'tkd'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+import os
+import re
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+__all__ = [
+    "ANALYSIS_LEVELS",
+    "BFR_CHOICES",
+    "COMBINATION_CHOICES",
+    "INVERSION_CHOICES",
+    "MASKING_CHOICES",
+    "PHASE_SIGNS",
+    "REFERENCE_CHOICES",
+    "UNWRAPPING_CHOICES",
+    "Settings",
+    "load_plugin_settings",
+    "normalize_labels",
+    "read_toml",
+]
+
+#: BIDS-Apps analysis levels.
+ANALYSIS_LEVELS: tuple[str, ...] = ("participant", "group")
+#: Brain-mask methods.
+MASKING_CHOICES: tuple[str, ...] = ("magnitude", "phase-quality")
+#: Multi-echo combination into a total field.
+COMBINATION_CHOICES: tuple[str, ...] = ("linear-fit",)
+#: Phase-unwrapping methods.
+UNWRAPPING_CHOICES: tuple[str, ...] = ("laplacian",)
+#: Background-field-removal methods.
+BFR_CHOICES: tuple[str, ...] = ("vsharp",)
+#: Dipole-inversion methods.
+INVERSION_CHOICES: tuple[str, ...] = ("tkd", "rts", "tv")
+#: Susceptibility reference regions (``none`` keeps the inversion's own offset).
+REFERENCE_CHOICES: tuple[str, ...] = ("brain", "none")
+#: Allowed phase-sign conventions (+1: the documented default, -1: flip the phase).
+PHASE_SIGNS: tuple[int, ...] = (1, -1)
+
+#: Largest magnitude of the dipole kernel D(k) = 1/3 - kz^2/k^2 (reached along B0).
+_MAX_ABS_DIPOLE = 2.0 / 3.0
+_LABEL_RE = re.compile(r"[0-9A-Za-z]+")
+_PATH_FIELDS = ("bids_dir", "output_dir", "work_dir", "use_plugin", "bids_filter_file")
+_FLOAT_FIELDS = (
+    "mem_gb",
+    "b0_tesla",
+    "tkd_threshold",
+    "vsharp_max_radius_mm",
+    "vsharp_min_radius_mm",
+)
+_LABEL_FIELDS = {"participant_label": "sub-", "session_label": "ses-"}
+_CHOICE_FIELDS = {
+    "analysis_level": ANALYSIS_LEVELS,
+    "masking": MASKING_CHOICES,
+    "combination": COMBINATION_CHOICES,
+    "unwrapping": UNWRAPPING_CHOICES,
+    "bfr": BFR_CHOICES,
+    "inversion": INVERSION_CHOICES,
+    "reference": REFERENCE_CHOICES,
+}
+
+
+def _default_nprocs() -> int:
+    return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All settings of one qsmprep run.
+
+    Parameters
+    ----------
+    bids_dir, output_dir : Path
+        Input BIDS dataset and output (derivatives) folder.
+    analysis_level : {'participant', 'group'}
+        BIDS-Apps analysis level.
+    participant_label, session_label : tuple of str
+        Labels to process, stored without the ``sub-``/``ses-`` prefix (a prefix given here is
+        stripped). Empty means all.
+    work_dir : Path or None
+        Nipype working directory (None: the runner chooses).
+    nprocs, omp_nthreads : int
+        Total processes and threads per process.
+    mem_gb : float or None
+        Memory limit for the scheduler, in GB.
+    use_plugin : Path or None
+        YAML file with ``plugin:`` and ``plugin_args:`` for Nipype (as in fMRIPrep).
+    bids_filter_file : Path or None
+        JSON file of extra pybids query entities per data type.
+    b0_tesla : float or None
+        Field strength in tesla used only where a sidecar lacks ``MagneticFieldStrength``.
+    phase_sign : {1, -1}
+        Multiply the input phase by this sign (-1 for vendors whose phase sign is flipped).
+    dry_run : bool
+        Build the workflow but do not run it.
+    verbose : int
+        Verbosity (count of ``-v``).
+    seed : int
+        Master random seed.
+    masking, combination, unwrapping, bfr, inversion, reference : str
+        Stage choices; see the ``*_CHOICES`` module constants.
+    tkd_threshold : float
+        Truncation threshold of TKD, in (0, 2/3).
+    vsharp_max_radius_mm, vsharp_min_radius_mm : float, float or None
+        Largest and smallest V-SHARP kernel radii in mm (None: one voxel).
+    mask_erosions : int
+        Number of erosions (in voxels) applied to the brain mask.
+    """
+
+    bids_dir: Path
+    output_dir: Path
+    analysis_level: str
+    participant_label: tuple[str, ...] = ()
+    session_label: tuple[str, ...] = ()
+    work_dir: Path | None = None
+    nprocs: int = field(default_factory=_default_nprocs)
+    omp_nthreads: int = 1
+    mem_gb: float | None = None
+    use_plugin: Path | None = None
+    bids_filter_file: Path | None = None
+    b0_tesla: float | None = None
+    phase_sign: int = 1
+    dry_run: bool = False
+    verbose: int = 0
+    seed: int = 0
+    masking: str = "magnitude"
+    combination: str = "linear-fit"
+    unwrapping: str = "laplacian"
+    bfr: str = "vsharp"
+    inversion: str = "rts"
+    reference: str = "brain"
+    tkd_threshold: float = 0.19
+    vsharp_max_radius_mm: float = 12.0
+    vsharp_min_radius_mm: float | None = None
+    mask_erosions: int = 0
+
+    def __post_init__(self) -> None:
+        self._normalize()
+        self._validate_choices()
+        self._validate_resources()
+        self._validate_parameters()
+
+    # -- normalisation and validation -------------------------------------------------------
+    def _set(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+
+    def _normalize(self) -> None:
+        for name in _PATH_FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                self._set(name, Path(value))
+        for name in _FLOAT_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, numbers.Real) and not isinstance(value, bool):
+                self._set(name, float(value))
+        for name, prefix in _LABEL_FIELDS.items():
+            self._set(name, normalize_labels(getattr(self, name), prefix=prefix, option=name))
+
+    def _validate_choices(self) -> None:
+        for name, choices in _CHOICE_FIELDS.items():
+            value = getattr(self, name)
+            if value not in choices:
+                raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+        if self.phase_sign not in PHASE_SIGNS:
+            raise ValueError(f"phase_sign must be 1 or -1; got {self.phase_sign!r}")
+
+    def _validate_resources(self) -> None:
+        _check_int(self.nprocs, "nprocs", minimum=1)
+        _check_int(self.omp_nthreads, "omp_nthreads", minimum=1)
+        _check_int(self.verbose, "verbose", minimum=0)
+        _check_int(self.seed, "seed", minimum=0)
+        if self.mem_gb is not None:
+            _check_positive(self.mem_gb, "mem_gb (GB)")
+
+    def _validate_parameters(self) -> None:
+        if self.b0_tesla is not None:
+            _check_positive(self.b0_tesla, "b0_tesla (T)")
+        _check_positive(self.tkd_threshold, "tkd_threshold")
+        if self.tkd_threshold >= _MAX_ABS_DIPOLE:
+            raise ValueError(
+                f"tkd_threshold must be below 2/3 (the largest |D(k)|); got {self.tkd_threshold}"
+            )
+        _check_positive(self.vsharp_max_radius_mm, "vsharp_max_radius_mm (mm)")
+        if self.vsharp_min_radius_mm is not None:
+            _check_positive(self.vsharp_min_radius_mm, "vsharp_min_radius_mm (mm)")
+            if self.vsharp_min_radius_mm > self.vsharp_max_radius_mm:
+                raise ValueError(
+                    f"vsharp_min_radius_mm ({self.vsharp_min_radius_mm}) must not exceed "
+                    f"vsharp_max_radius_mm ({self.vsharp_max_radius_mm})"
+                )
+        _check_int(self.mask_erosions, "mask_erosions", minimum=0)
+
+    # -- public API ---------------------------------------------------------------------------
+    def replace(self, **changes: Any) -> Settings:
+        """Return a copy with some fields changed (validated again).
+
+        Parameters
+        ----------
+        **changes
+            Field names and new values.
+
+        Returns
+        -------
+        Settings
+        """
+        _check_known_keys(changes, source="Settings.replace()")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the settings as TOML-ready plain values.
+
+        Paths become strings, tuples become lists and ``None`` values are omitted.
+        """
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            if isinstance(value, Path):
+                value = str(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return out
+
+    def to_toml(self, path: str | os.PathLike[str]) -> Path:
+        """Write the settings to a TOML file (parent folders are created).
+
+        Parameters
+        ----------
+        path : path-like
+            Destination file.
+
+        Returns
+        -------
+        Path
+            The file written.
+        """
+        import tomli_w
+
+        from qsmprep.__about__ import __version__
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        header = f"# qsmprep {__version__} settings (read back with --config-file)\n"
+        path.write_text(header + tomli_w.dumps(self.to_dict()), encoding="utf-8")
+        return path
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], **overrides: Any) -> Settings:
+        """Build settings from plain values (as read from TOML), then apply ``overrides``.
+
+        Raises
+        ------
+        ValueError
+            On unknown keys, missing required keys or invalid values.
+        """
+        merged = {**values, **overrides}
+        _check_known_keys(merged, source="settings")
+        missing = [f.name for f in _required_fields() if f.name not in merged]
+        if missing:
+            raise ValueError(f"settings lack required key(s): {', '.join(missing)}")
+        return cls(**merged)
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike[str], **overrides: Any) -> Settings:
+        """Read settings written by :meth:`to_toml`; ``overrides`` take precedence.
+
+        Relative paths in the file are kept as written (relative to the working directory).
+
+        Raises
+        ------
+        ValueError
+            On invalid TOML, unknown keys or invalid values (the message names the file).
+        """
+        values = read_toml(path)
+        try:
+            return cls.from_dict(values, **overrides)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{path}: {err}") from err
+
+
+def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a settings TOML file into a dict, checking its keys.
+
+    Raises
+    ------
+    ValueError
+        If the file is not valid TOML or has unknown keys (the message names the file).
+    """
+    with open(path, "rb") as fobj:
+        try:
+            values = tomllib.load(fobj)
+        except tomllib.TOMLDecodeError as err:
+            raise ValueError(f"{path}: invalid TOML: {err}") from err
+    try:
+        _check_known_keys(values, source="settings")
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from err
+    return values
+
+
+def normalize_labels(
+    labels: str | Iterable[str] | None, *, prefix: str, option: str = "label"
+) -> tuple[str, ...]:
+    """Strip a BIDS prefix (``sub-``/``ses-``) from labels, drop duplicates, check characters.
+
+    Examples
+    --------
+    >>> normalize_labels(["sub-01", "02", "01"], prefix="sub-")
+    ('01', '02')
+    """
+    if labels is None:
+        return ()
+    if isinstance(labels, str):
+        labels = (labels,)
+    out: list[str] = []
+    for raw in labels:
+        label = str(raw).strip()
+        label = label[len(prefix) :] if label.startswith(prefix) else label
+        if not _LABEL_RE.fullmatch(label):
+            raise ValueError(
+                f"{option}: {raw!r} is not a BIDS label (letters and digits only, "
+                f"with or without '{prefix}')"
+            )
+        if label not in out:
+            out.append(label)
+    return tuple(out)
+
+
+def load_plugin_settings(path: str | os.PathLike[str]) -> tuple[str, dict[str, Any]]:
+    """Read a Nipype plugin YAML file (``plugin:`` and ``plugin_args:``, as in fMRIPrep).
+
+    Returns
+    -------
+    plugin : str
+        Nipype plugin name, e.g. ``'MultiProc'``.
+    plugin_args : dict
+        Keyword arguments for the plugin.
+
+    Raises
+    ------
+    ValueError
+        If the file is not a mapping with a string ``plugin`` key.
+    """
+    import yaml
+
+    with open(path, encoding="utf-8") as fobj:
+        try:
+            content = yaml.safe_load(fobj)
+        except yaml.YAMLError as err:
+            raise ValueError(f"{path}: invalid YAML: {err}") from err
+    if not isinstance(content, dict) or not isinstance(content.get("plugin"), str):
+        raise ValueError(f"{path}: expected a mapping with 'plugin: <name>' and 'plugin_args:'")
+    plugin_args = content.get("plugin_args") or {}
+    if not isinstance(plugin_args, dict):
+        raise ValueError(f"{path}: 'plugin_args' must be a mapping")
+    return content["plugin"], dict(plugin_args)
+
+
+def _required_fields() -> list[dataclasses.Field]:
+    return [
+        f
+        for f in dataclasses.fields(Settings)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+
+
+def _check_known_keys(values: Mapping[str, Any], *, source: str) -> None:
+    known = {f.name for f in dataclasses.fields(Settings)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown {source} key(s): {', '.join(unknown)}")
+
+
+def _check_int(value: Any, name: str, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
+
+
+def _check_positive(value: Any, name: str) -> None:
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not ok or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive number; got {value!r}")

@@ -1,0 +1,187 @@
+"""Nipype interfaces for the field-estimation stages: phase scaling, masking, echo
+combination and spatial unwrapping. Each reads NIfTI, calls :mod:`qsmprep.algorithms`, writes
+NIfTI on the input grid. No maths here."""
+
+from __future__ import annotations
+
+import os
+
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    InputMultiObject,
+    SimpleInterface,
+    TraitedSpec,
+    isdefined,
+    traits,
+)
+
+from qsmprep.interfaces import nifti
+
+
+def _out(runtime, name: str) -> str:
+    return os.path.join(runtime.cwd, name)
+
+
+class _PhaseScalingInputSpec(BaseInterfaceInputSpec):
+    in_files = InputMultiObject(File(exists=True), mandatory=True, desc="phase per echo (TE order)")
+    units = traits.Either(None, traits.Str, default=None, usedefault=True, desc="sidecar Units")
+    sign = traits.Enum(1, -1, usedefault=True, desc="phase sign convention")
+
+
+class _PhaseScalingOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="4-D phase in radians [-pi, pi), echoes last")
+
+
+class PhaseScaling(SimpleInterface):
+    """Detect the vendor phase range of the whole acquisition and scale it to radians."""
+
+    input_spec = _PhaseScalingInputSpec
+    output_spec = _PhaseScalingOutputSpec
+
+    def _run_interface(self, runtime):
+        from qsmprep.algorithms.phase import scale_phase
+
+        data, affine = nifti.load_stack(self.inputs.in_files, dtype=None)
+        try:
+            rad = scale_phase(data, units=self.inputs.units, sign=self.inputs.sign)
+        except ValueError as exc:
+            raise ValueError(f"{self.inputs.in_files[0]}: {exc}") from exc
+        self._results["out_file"] = nifti.save(rad, affine, _out(runtime, "phase_rad.nii.gz"))
+        return runtime
+
+
+class _StackInputSpec(BaseInterfaceInputSpec):
+    in_files = InputMultiObject(File(exists=True), mandatory=True)
+
+
+class _StackOutputSpec(TraitedSpec):
+    out_file = File(exists=True)
+
+
+class StackEchoes(SimpleInterface):
+    """Stack per-echo 3-D magnitude images into one 4-D float32 file."""
+
+    input_spec = _StackInputSpec
+    output_spec = _StackOutputSpec
+
+    def _run_interface(self, runtime):
+        data, affine = nifti.load_stack(self.inputs.in_files)
+        self._results["out_file"] = nifti.save(data, affine, _out(runtime, "magnitude.nii.gz"))
+        return runtime
+
+
+class _MaskInputSpec(BaseInterfaceInputSpec):
+    phase = File(exists=True, mandatory=True, desc="4-D phase (rad)")
+    magnitude = File(exists=True, desc="4-D magnitude (optional)")
+    echo_times_s = traits.List(traits.Float, mandatory=True)
+    method = traits.Str("magnitude", usedefault=True)
+    erosions = traits.Int(0, usedefault=True)
+
+
+class _MaskOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="brain mask (uint8)")
+
+
+class BrainMask(SimpleInterface):
+    """Brain mask from magnitude (threshold + holes filled) or from phase quality."""
+
+    input_spec = _MaskInputSpec
+    output_spec = _MaskOutputSpec
+
+    def _run_interface(self, runtime):
+        from qsmprep.algorithms import masking
+
+        phase, affine = nifti.load(self.inputs.phase)
+        mag = nifti.load(self.inputs.magnitude)[0] if isdefined(self.inputs.magnitude) else None
+        method = self.inputs.method
+        if method == "magnitude" and mag is None:
+            method = "phase-quality"  # phase-only acquisition
+        if method == "magnitude":
+            mask = masking.mask_from_magnitude(mag, erosions=self.inputs.erosions)
+        elif method == "phase-quality":
+            mask = masking.mask_from_phase_quality(
+                phase, mag, echo_times_s=self.inputs.echo_times_s
+            )
+        else:
+            raise ValueError(f"unknown masking method {method!r}")
+        if not mask.any():
+            raise ValueError(f"{self.inputs.phase}: the brain mask is empty")
+        self._results["out_file"] = nifti.save(mask, affine, _out(runtime, "mask.nii.gz"))
+        return runtime
+
+
+class _CombineInputSpec(BaseInterfaceInputSpec):
+    phase = File(exists=True, mandatory=True, desc="4-D phase (rad)")
+    magnitude = File(exists=True, desc="4-D magnitude (weights)")
+    mask = File(exists=True, mandatory=True)
+    echo_times_s = traits.List(traits.Float, mandatory=True)
+    method = traits.Str("linear-fit", usedefault=True)
+
+
+class _CombineOutputSpec(TraitedSpec):
+    field_hz = File(exists=True, desc="combined field (Hz), possibly aliased by wrap_period_hz")
+    phase_offset = File(exists=True, desc="receive phase offset (rad)")
+    residual = File(exists=True, desc="fit residual (rad)")
+    wrap_period_hz = traits.Float(desc="aliasing period of field_hz (Hz)")
+
+
+class EchoCombination(SimpleInterface):
+    """Combine echoes into one frequency map by a weighted fit of phase over TE."""
+
+    input_spec = _CombineInputSpec
+    output_spec = _CombineOutputSpec
+
+    def _run_interface(self, runtime):
+        from qsmprep.algorithms import combine
+
+        if self.inputs.method != "linear-fit":
+            raise ValueError(f"unknown combination method {self.inputs.method!r}")
+        phase, affine = nifti.load(self.inputs.phase)
+        mag = nifti.load(self.inputs.magnitude)[0] if isdefined(self.inputs.magnitude) else None
+        mask = nifti.load(self.inputs.mask)[0] > 0
+        fit = combine.fit_field_linear(
+            phase, mag, echo_times_s=self.inputs.echo_times_s, mask=mask
+        )
+        self._results["field_hz"] = nifti.save(fit.field_hz, affine, _out(runtime, "fit_hz.nii.gz"))
+        self._results["phase_offset"] = nifti.save(
+            fit.phase_offset_rad, affine, _out(runtime, "phase_offset.nii.gz")
+        )
+        self._results["residual"] = nifti.save(fit.residual, affine, _out(runtime, "residual.nii.gz"))
+        self._results["wrap_period_hz"] = float(fit.wrap_period_hz)
+        return runtime
+
+
+class _UnwrapInputSpec(BaseInterfaceInputSpec):
+    field_hz = File(exists=True, mandatory=True)
+    wrap_period_hz = traits.Float(mandatory=True)
+    mask = File(exists=True, mandatory=True)
+    method = traits.Str("laplacian", usedefault=True)
+
+
+class _UnwrapOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="total field (Hz), 0 outside the mask")
+
+
+class PhaseUnwrapping(SimpleInterface):
+    """Spatially unwrap the combined field (as phase over one wrap period)."""
+
+    input_spec = _UnwrapInputSpec
+    output_spec = _UnwrapOutputSpec
+
+    def _run_interface(self, runtime):
+        from qsmprep.algorithms.unwrap import unwrap_field_hz
+
+        field, affine = nifti.load(self.inputs.field_hz)
+        mask = nifti.load(self.inputs.mask)[0] > 0
+        voxel_size, _ = nifti.geometry(affine)
+        total = unwrap_field_hz(
+            field,
+            wrap_period_hz=self.inputs.wrap_period_hz,
+            voxel_size_mm=voxel_size,
+            mask=mask,
+            method=self.inputs.method,
+        )
+        total = total * mask
+        self._results["out_file"] = nifti.save(total, affine, _out(runtime, "total_hz.nii.gz"))
+        return runtime

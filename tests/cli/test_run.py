@@ -1,0 +1,75 @@
+"""The ``qsmprep`` command: plans, selections and clear failures (no workflow run here)."""
+
+import json
+
+import pytest
+
+from qsmprep.cli.run import main
+
+
+def test_dry_run_lists_acquisitions_and_stages(make_bids, tmp_path, capsys):
+    bids = make_bids(subjects=("01", "02"), echoes=3)
+    rc = main([str(bids), str(tmp_path / "out"), "participant", "--dry-run",
+               "--participant-label", "sub-02", "--inversion", "tkd"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "sub-02" in out and "sub-01" not in out
+    assert "inversion: tkd" in out and "TE=[4.00, 8.00, 12.00] ms" in out
+    assert not (tmp_path / "out" / "sub-02").exists()  # a dry run writes nothing
+
+
+def test_no_megre_data_is_a_clear_error(tmp_path, capsys):
+    bids = tmp_path / "empty"
+    (bids / "sub-01" / "anat").mkdir(parents=True)
+    (bids / "dataset_description.json").write_text(json.dumps({"Name": "x", "BIDSVersion": "1.10"}))
+    rc = main([str(bids), str(tmp_path / "out"), "participant"])
+    err = capsys.readouterr().err
+    assert rc != 0
+    assert "error" in err and "MEGRE" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_missing_echo_time_names_the_file(make_bids, tmp_path, capsys):
+    bids = make_bids(echoes=3)
+    sidecar = next(bids.glob("sub-01/anat/*echo-2_part-phase*.json"))
+    meta = json.loads(sidecar.read_text())
+    del meta["EchoTime"]
+    sidecar.write_text(json.dumps(meta))
+    rc = main([str(bids), str(tmp_path / "out"), "participant"])
+    err = capsys.readouterr().err
+    assert rc != 0
+    assert "EchoTime" in err and "echo-2_part-phase" in err
+
+
+def test_mismatched_magnitude_and_phase_shapes(make_bids, tmp_path, capsys):
+    import nibabel as nb
+    import numpy as np
+
+    bids = make_bids(echoes=2)
+    mag = next(bids.glob("sub-01/anat/*echo-1_part-mag*.nii.gz"))
+    nb.save(nb.Nifti1Image(np.zeros((9, 8, 4), np.float32), np.eye(4)), str(mag))
+    rc = main([str(bids), str(tmp_path / "out"), "participant"])
+    err = capsys.readouterr().err
+    assert rc != 0
+    assert "part-mag" in err and "part-phase" in err
+
+
+def test_unknown_participant_is_refused(make_bids, tmp_path, capsys):
+    bids = make_bids()
+    rc = main([str(bids), str(tmp_path / "out"), "participant", "--participant-label", "99"])
+    assert rc != 0
+    assert "99" in capsys.readouterr().err
+
+
+def test_group_level_runs(make_bids, tmp_path, capsys):
+    bids = make_bids()
+    assert main([str(bids), str(tmp_path / "out"), "group"]) == 0
+
+
+def test_version(capsys):
+    from qsmprep import __version__
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert __version__ in capsys.readouterr().out

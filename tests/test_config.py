@@ -1,0 +1,139 @@
+"""Tests of qsmprep.config: validation and the TOML round trip."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from qsmprep import config
+from qsmprep.config import Settings, load_plugin_settings, normalize_labels
+
+
+def _settings(**changes) -> Settings:
+    base = dict(bids_dir="/data/bids", output_dir="/data/out", analysis_level="participant")
+    return Settings(**{**base, **changes})
+
+
+def test_defaults_and_normalisation():
+    s = _settings(participant_label=["sub-01", "02", "01"], session_label="ses-pre", nprocs=2)
+    assert s.bids_dir == Path("/data/bids") and isinstance(s.output_dir, Path)
+    assert s.participant_label == ("01", "02")
+    assert s.session_label == ("pre",)
+    assert (s.masking, s.combination, s.unwrapping) == ("magnitude", "linear-fit", "laplacian")
+    assert (s.bfr, s.inversion, s.reference) == ("vsharp", "rts", "brain")
+    assert s.tkd_threshold == 0.19 and s.vsharp_max_radius_mm == 12.0
+    assert s.vsharp_min_radius_mm is None and s.mask_erosions == 0
+    assert s.phase_sign == 1 and s.seed == 0 and s.omp_nthreads == 1
+    assert _settings().nprocs >= 1
+
+
+def test_defaults_are_valid_choices():
+    s = _settings()
+    assert s.masking in config.MASKING_CHOICES
+    assert s.combination in config.COMBINATION_CHOICES
+    assert s.unwrapping in config.UNWRAPPING_CHOICES
+    assert s.bfr in config.BFR_CHOICES
+    assert s.inversion in config.INVERSION_CHOICES
+    assert s.reference in config.REFERENCE_CHOICES
+
+
+def test_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        _settings().inversion = "tkd"
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"inversion": "medi"}, "inversion must be one of tkd, rts, tv"),
+        ({"masking": "bet"}, "masking must be one of"),
+        ({"reference": "csf"}, "reference must be one of"),
+        ({"analysis_level": "session"}, "analysis_level must be one of"),
+        ({"phase_sign": 0}, "phase_sign must be 1 or -1"),
+        ({"phase_sign": 2}, "phase_sign must be 1 or -1"),
+        ({"nprocs": 0}, "nprocs must be an integer >= 1"),
+        ({"omp_nthreads": 0}, "omp_nthreads"),
+        ({"b0_tesla": 0.0}, "b0_tesla"),
+        ({"b0_tesla": -3.0}, "b0_tesla"),
+        ({"mem_gb": 0}, "mem_gb"),
+        ({"tkd_threshold": 0.0}, "tkd_threshold"),
+        ({"tkd_threshold": 0.7}, "below 2/3"),
+        ({"vsharp_min_radius_mm": 20.0}, "must not exceed"),
+        ({"mask_erosions": -1}, "mask_erosions"),
+        ({"seed": -1}, "seed"),
+        ({"participant_label": ["sub-01_x"]}, "not a BIDS label"),
+    ],
+)
+def test_validation_errors(changes, match):
+    with pytest.raises(ValueError, match=match):
+        _settings(**changes)
+
+
+def test_replace_validates_and_rejects_unknown_keys():
+    s = _settings()
+    assert s.replace(inversion="tkd").inversion == "tkd"
+    assert s.inversion == "rts"
+    with pytest.raises(ValueError, match="phase_sign"):
+        s.replace(phase_sign=-2)
+    with pytest.raises(ValueError, match="unknown"):
+        s.replace(inverson="tkd")
+
+
+def test_toml_round_trip(tmp_path):
+    s = _settings(
+        participant_label=("01", "02"),
+        work_dir=tmp_path / "work",
+        mem_gb=8,
+        b0_tesla=7,
+        phase_sign=-1,
+        inversion="tv",
+        vsharp_min_radius_mm=1.5,
+        dry_run=True,
+        verbose=2,
+    )
+    path = s.to_toml(tmp_path / "log" / "settings.toml")
+    text = path.read_text()
+    assert text.startswith("# qsmprep ")
+    assert "use_plugin" not in text  # None values are omitted
+    assert f'work_dir = "{tmp_path / "work"}"' in text
+    back = Settings.from_toml(path)
+    assert back == s
+    assert isinstance(back.work_dir, Path) and back.participant_label == ("01", "02")
+    assert back.mem_gb == 8.0 and isinstance(back.mem_gb, float)
+
+
+def test_from_toml_overrides_and_errors(tmp_path):
+    path = _settings(inversion="tkd").to_toml(tmp_path / "s.toml")
+    assert Settings.from_toml(path, inversion="rts", nprocs=3).inversion == "rts"
+    (tmp_path / "bad.toml").write_text("inversion = [")
+    with pytest.raises(ValueError, match="invalid TOML"):
+        Settings.from_toml(tmp_path / "bad.toml")
+    (tmp_path / "unknown.toml").write_text('bids_dir = "/x"\ninverson = "tkd"\n')
+    with pytest.raises(ValueError, match=r"unknown settings key\(s\): inverson"):
+        Settings.from_toml(tmp_path / "unknown.toml")
+    (tmp_path / "partial.toml").write_text('inversion = "tkd"\n')
+    with pytest.raises(ValueError, match="lack required key"):
+        Settings.from_toml(tmp_path / "partial.toml")
+    partial = Settings.from_toml(
+        tmp_path / "partial.toml", bids_dir="/b", output_dir="/o", analysis_level="group"
+    )
+    assert partial.inversion == "tkd" and partial.analysis_level == "group"
+
+
+def test_normalize_labels():
+    assert normalize_labels(None, prefix="sub-") == ()
+    assert normalize_labels("sub-01", prefix="sub-") == ("01",)
+    assert normalize_labels(["ses-1", "2"], prefix="ses-") == ("1", "2")
+    with pytest.raises(ValueError, match="not a BIDS label"):
+        normalize_labels(["01-a"], prefix="sub-")
+
+
+def test_load_plugin_settings(tmp_path):
+    path = tmp_path / "plugin.yml"
+    path.write_text("plugin: MultiProc\nplugin_args:\n  n_procs: 4\n  memory_gb: 8\n")
+    assert load_plugin_settings(path) == ("MultiProc", {"n_procs": 4, "memory_gb": 8})
+    path.write_text("plugin_args: {}\n")
+    with pytest.raises(ValueError, match="plugin: <name>"):
+        load_plugin_settings(path)
