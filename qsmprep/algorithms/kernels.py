@@ -80,9 +80,16 @@ def dipole_kernel(
     b = _check_b0_dir(b0_direction)
     k = kspace_grid(shape, voxel_size_mm, real=real)
     k2 = k[0] ** 2 + k[1] ** 2 + k[2] ** 2
-    kb = k[0] * b[0] + k[1] * b[1] + k[2] * b[2]
+    # On an even grid the Nyquist bin stands for both +k_N and -k_N. For an oblique B0 the
+    # cross terms k_i k_j b_i b_j differ in sign between the two, which would break the
+    # Hermitian symmetry of D (a real image would get a non-physical Nyquist-frequency field).
+    # Averaging over both signs drops the cross terms of the Nyquist components.
+    nyq = [np.isclose(np.abs(ki), 0.5 / float(h)) & (int(n) % 2 == 0)
+           for ki, h, n in zip(k, voxel_size_mm, shape, strict=True)]  # fmt: skip
+    kb = sum(np.where(ny, 0.0, ki) * bi for ki, bi, ny in zip(k, b, nyq, strict=True))
+    kb2 = kb**2 + sum(np.where(ny, ki, 0.0) ** 2 * bi**2 for ki, bi, ny in zip(k, b, nyq, strict=True))
     with np.errstate(invalid="ignore", divide="ignore"):
-        d = 1.0 / 3.0 - kb**2 / k2
+        d = 1.0 / 3.0 - kb2 / k2
     d[0, 0, 0] = 0.0
     return d.astype(dtype, copy=False)
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
+from scipy import ndimage
 
 from qsmprep.algorithms.constants import GAMMA_BAR_HZ_PER_T, wrap_to_pi
 from qsmprep.algorithms.kernels import forward_field
@@ -23,6 +24,7 @@ CHI_AIR_PPM = 9.4
 # name: (chi_ppm, proton density, R2* at 3 T in 1/s)
 TISSUES: dict[str, tuple[float, float, float]] = {
     "scalp": (0.0, 0.8, 30.0),
+    "skull": (-2.0, 0.05, 300.0),
     "csf": (0.0, 1.0, 4.0),
     "grey_matter": (0.02, 0.85, 18.0),
     "white_matter": (-0.03, 0.7, 22.0),
@@ -94,7 +96,9 @@ def make_head_phantom(
 
     The head fills ~90 % of the field of view, surrounded by air (chi +9.4 ppm relative
     to tissue) with an air-filled sinus below the frontal lobe, which produce a realistic,
-    strongly varying background field. Inside: cortex, white matter, ventricles, paired deep
+    strongly varying background field. Scalp and brain are separated by a dark, diamagnetic
+    skull (proton density 0.05, chi -2 ppm) and a thin CSF layer, as on GRE magnitude
+    images. Inside the brain: cortex, white matter, ventricles, paired deep
     grey nuclei (caudate, putamen, pallidum, thalamus, substantia nigra, red nucleus,
     dentate), straight veins in random directions and a diamagnetic calcification.
     Axis 0 is left-right, axis 1 posterior-anterior, axis 2 inferior-superior (RAS).
@@ -116,7 +120,10 @@ def make_head_phantom(
     def put(region, name):
         labels[region] = names.index(name) + 1
 
+    inner_skull = _ellipsoid(grid, (0, 0, 0.05 * brain_semi[2]), brain_semi * 1.05)
     put(head, "scalp")
+    put(_ellipsoid(grid, (0, 0, 0), head_semi * 0.92) & head, "skull")
+    put(inner_skull & head, "csf")
     put(brain, "grey_matter")
     put(wm, "white_matter")
     for side in (-1.0, 1.0):
@@ -131,6 +138,13 @@ def make_head_phantom(
 
     lut = np.array([(CHI_AIR_PPM, 0.0, 0.0)] + [TISSUES[n] for n in names], dtype=np.float64)
     chi = lut[labels, 0]
+    # Partial volume of the background sources: a sampled step of 9.4 ppm makes the k-space
+    # dipole field ring (non-harmonic Nyquist-scale ripples, worst for oblique B0) that a real
+    # scanner, which averages the continuous field over each voxel, never sees. Smoothing the
+    # susceptibility outside the brain by one voxel removes that simulation artefact (the
+    # brain itself, where QSM is scored, keeps its sharp labels).
+    outside = ndimage.gaussian_filter(np.where(brain, 0.0, chi), sigma=1.0)
+    chi = np.where(brain, chi, outside)
     m0 = lut[labels, 1]
     r2s = lut[labels, 2]
     label_names = {i + 1: n for i, n in enumerate(names)}
