@@ -59,9 +59,9 @@ COMBINATION_CHOICES: tuple[str, ...] = ("linear-fit",)
 #: Phase-unwrapping methods.
 UNWRAPPING_CHOICES: tuple[str, ...] = ("laplacian",)
 #: Background-field-removal methods.
-BFR_CHOICES: tuple[str, ...] = ("vsharp",)
+BFR_CHOICES: tuple[str, ...] = ("resharp", "vsharp", "sharp", "ismv", "pdf", "lbv")
 #: Dipole-inversion methods.
-INVERSION_CHOICES: tuple[str, ...] = ("tkd", "rts", "tv")
+INVERSION_CHOICES: tuple[str, ...] = ("tv", "rts", "tkd", "tsvd", "tikhonov", "isqsm")
 #: Susceptibility reference regions (``none`` keeps the inversion's own offset).
 REFERENCE_CHOICES: tuple[str, ...] = ("brain", "none")
 #: Allowed phase-sign conventions (+1: the documented default, -1: flip the phase).
@@ -156,8 +156,8 @@ class Settings:
     masking: str = "magnitude"
     combination: str = "linear-fit"
     unwrapping: str = "laplacian"
-    bfr: str = "vsharp"
-    inversion: str = "rts"
+    bfr: str = "resharp"
+    inversion: str = "tv"
     reference: str = "brain"
     tkd_threshold: float = 0.19
     vsharp_max_radius_mm: float = 12.0

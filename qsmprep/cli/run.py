@@ -131,9 +131,15 @@ def run_participant(settings) -> int:
     out = Path(settings.output_dir)
     write_dataset_description(out)
     work_dir = Path(settings.work_dir or (out.parent / "work"))
+    level = "INFO" if settings.verbose else "WARNING"
     ncfg.update_config({"execution": {"stop_on_first_crash": False, "hash_method": "content",
                                       "remove_unnecessary_outputs": True},
+                        "logging": {"workflow_level": level, "interface_level": level,
+                                    "utils_level": level},
                         "monitoring": {"enabled": False}})  # fmt: skip
+    from nipype import logging as nlogging
+
+    nlogging.update_logging(ncfg)
     for sub in sorted({a.subject for a in acquisitions}):
         log_dir = out / f"sub-{sub}" / "log"
         log_dir.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ from qsmprep.interfaces import nifti
 class _BFRInputSpec(BaseInterfaceInputSpec):
     field_hz = File(exists=True, mandatory=True, desc="total field (Hz)")
     mask = File(exists=True, mandatory=True)
-    method = traits.Str("vsharp", usedefault=True)
+    method = traits.Str("resharp", usedefault=True)
     params = traits.Dict(traits.Str, traits.Any, {}, usedefault=True, desc="method parameters")
 
 
@@ -60,7 +60,7 @@ class _InvInputSpec(BaseInterfaceInputSpec):
     field_hz = File(exists=True, mandatory=True, desc="local field (Hz)")
     mask = File(exists=True, mandatory=True)
     b0_tesla = traits.Float(mandatory=True)
-    method = traits.Str("rts", usedefault=True)
+    method = traits.Str("tv", usedefault=True)
     params = traits.Dict(traits.Str, traits.Any, {}, usedefault=True)
     magnitude = File(exists=True, desc="4-D magnitude, for methods that use it")
 

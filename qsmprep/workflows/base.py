@@ -1,0 +1,159 @@
+"""Top-level workflow: one sub-workflow per acquisition (subject/session/acq/run)."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from pathlib import Path
+
+from nipype.interfaces import utility as niu
+from nipype.pipeline import engine as pe
+
+from qsmprep.__about__ import __version__
+from qsmprep.workflows.field import init_field_wf
+from qsmprep.workflows.outputs import init_derivatives_wf
+from qsmprep.algorithms.background import BFR_METHODS
+from qsmprep.algorithms.inversion import INVERSION_METHODS
+from qsmprep.workflows.qsm import METHOD_DOIS, init_qsm_wf
+
+#: Image-size model for node memory: bytes per voxel per echo held by the heaviest stage.
+_BYTES_PER_VOXEL_ECHO = 4 * 12
+
+
+def estimate_mem_gb(n_voxels: int, n_echoes: int) -> float:
+    """Memory (GB) a stage node may need for an image of ``n_voxels`` x ``n_echoes``."""
+    return max(0.25, n_voxels * max(n_echoes, 4) * _BYTES_PER_VOXEL_ECHO / 1e9)
+
+
+def method_defaults(function) -> dict:
+    """Keyword parameters and defaults of an algorithm (recorded in the sidecars)."""
+    sig = inspect.signature(function)
+    return {name: p.default for name, p in sig.parameters.items()
+            if p.kind is p.KEYWORD_ONLY and p.default is not p.empty
+            and isinstance(p.default, (int, float, str, bool, type(None)))
+            and name not in ("b0_direction",)}  # fmt: skip
+
+
+def stage_parameters(settings) -> tuple[dict, dict]:
+    """(background-removal params, inversion params) from the settings, plain dicts."""
+    bfr_params: dict = {}
+    if settings.bfr == "vsharp":
+        bfr_params["max_radius_mm"] = settings.vsharp_max_radius_mm
+        if settings.vsharp_min_radius_mm is not None:
+            bfr_params["min_radius_mm"] = settings.vsharp_min_radius_mm
+    inv_params: dict = {}
+    if settings.inversion == "tkd":
+        inv_params["threshold"] = settings.tkd_threshold
+    return bfr_params, inv_params
+
+
+def init_qsmprep_wf(settings, acquisitions, *, work_dir: str | Path) -> pe.Workflow:
+    """Build the whole run: reads ``settings`` here and passes plain values below."""
+    workflow = pe.Workflow(name=f"qsmprep_{__version__.replace('.', '_')}_wf",
+                           base_dir=str(work_dir))  # fmt: skip
+    bfr_params, inv_params = stage_parameters(settings)
+    for acq in acquisitions:
+        wf = init_single_acquisition_wf(
+            acq,
+            output_dir=str(settings.output_dir),
+            bids_dir=str(settings.bids_dir),
+            phase_sign=settings.phase_sign,
+            masking=settings.masking,
+            mask_erosions=settings.mask_erosions,
+            combination=settings.combination,
+            unwrapping=settings.unwrapping,
+            bfr=settings.bfr,
+            bfr_params=bfr_params,
+            inversion=settings.inversion,
+            inversion_params=inv_params,
+            reference=settings.reference,
+            omp_nthreads=settings.omp_nthreads,
+        )
+        log_dir = Path(settings.output_dir) / f"sub-{acq.subject}" / "log"
+        _set_crashdump_dir(wf, log_dir)
+        workflow.add_nodes([wf])
+    return workflow
+
+
+def _set_crashdump_dir(workflow: pe.Workflow, log_dir: Path) -> None:
+    """Crash files of every node of ``workflow`` go to the subject's ``log`` folder."""
+    for node in workflow._get_all_nodes():
+        node.config = {"execution": {"crashdump_dir": str(log_dir), "crashfile_format": "txt"}}
+
+
+def _node_name(acq) -> str:
+    return re.sub(r"[^0-9a-zA-Z]", "_", acq.name) + "_wf"
+
+
+def init_single_acquisition_wf(
+    acq,
+    *,
+    output_dir: str,
+    bids_dir: str,
+    phase_sign: int = 1,
+    masking: str = "magnitude",
+    mask_erosions: int = 0,
+    combination: str = "linear-fit",
+    unwrapping: str = "laplacian",
+    bfr: str = "resharp",
+    bfr_params: dict | None = None,
+    inversion: str = "tv",
+    inversion_params: dict | None = None,
+    reference: str = "brain",
+    omp_nthreads: int = 1,
+    n_voxels: int = 256**3,
+    name: str | None = None,
+) -> pe.Workflow:
+    """Raw MEGRE phase (+ magnitude) of one acquisition -> derivatives."""
+    workflow = pe.Workflow(name=name or _node_name(acq))
+    echo_times = list(acq.echo_times_s)
+    mem_gb = estimate_mem_gb(n_voxels, len(echo_times))
+    has_mag = bool(acq.magnitude_files)
+    inputnode = pe.Node(niu.IdentityInterface(fields=["phase_files", "magnitude_files"]),
+                        name="inputnode")  # fmt: skip
+    inputnode.inputs.phase_files = list(acq.phase_files)
+    inputnode.inputs.magnitude_files = list(acq.magnitude_files)
+    field_wf = init_field_wf(
+        echo_times_s=echo_times, has_magnitude=has_mag, phase_units=acq.phase_units,
+        phase_sign=phase_sign, masking=masking, mask_erosions=mask_erosions,
+        combination=combination, unwrapping=unwrapping, mem_gb=mem_gb,
+    )  # fmt: skip
+    qsm_wf = init_qsm_wf(
+        b0_tesla=acq.b0_tesla, bfr=bfr, bfr_params=bfr_params, inversion=inversion,
+        inversion_params=inversion_params, reference=reference, mem_gb=mem_gb,
+        n_procs=omp_nthreads,
+    )  # fmt: skip
+    metadata = {
+        "EchoTime": echo_times,
+        "MagneticFieldStrength": acq.b0_tesla,
+        "PhaseSign": phase_sign,
+        "EstimationAlgorithm": f"{masking} mask, {combination} echo combination, {unwrapping} "
+        f"unwrapping, {bfr} background removal, {inversion} dipole inversion",
+        "ReferenceRegion": reference,
+        "EstimationReference": [METHOD_DOIS[m] for m in (bfr, inversion) if m in METHOD_DOIS],
+        "Parameters": {
+            "bfr": {**method_defaults(BFR_METHODS[bfr]), **(bfr_params or {})},
+            "inversion": {**method_defaults(INVERSION_METHODS[inversion]),
+                          **(inversion_params or {})},
+        },  # fmt: skip
+        "GeneratedBy": [{"Name": "qsmprep", "Version": __version__}],
+    }
+    ds_wf = init_derivatives_wf(
+        output_dir=output_dir, bids_dir=bids_dir, entities=acq.entities,
+        source_files=list(acq.phase_files) + list(acq.magnitude_files), metadata=metadata,
+    )  # fmt: skip
+    workflow.connect([
+        (inputnode, field_wf, [("phase_files", "inputnode.phase_files"),
+                               ("magnitude_files", "inputnode.magnitude_files")]),
+        (field_wf, qsm_wf, [("outputnode.total_field_hz", "inputnode.total_field_hz"),
+                            ("outputnode.mask", "inputnode.mask"),
+                            ("outputnode.magnitude", "inputnode.magnitude")] if has_mag else
+                           [("outputnode.total_field_hz", "inputnode.total_field_hz"),
+                            ("outputnode.mask", "inputnode.mask")]),
+        (field_wf, ds_wf, [("outputnode.mask", "inputnode.mask"),
+                           ("outputnode.total_field_hz", "inputnode.total_field_hz")]),
+        (qsm_wf, ds_wf, [("outputnode.chimap", "inputnode.chimap"),
+                         ("outputnode.qsm_mask", "inputnode.qsm_mask"),
+                         ("outputnode.local_field_hz", "inputnode.local_field_hz")]),
+    ])  # fmt: skip
+    return workflow

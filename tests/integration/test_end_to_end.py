@@ -1,0 +1,121 @@
+"""End to end: raw BIDS MEGRE -> derivatives, scored against ground truth.
+
+Two independent simulators: qsmprep's own (the bundled ``bids_examples/ds-qsmsim``: an axial
+3 T radian-phase subject and an oblique, anisotropic 7 T integer-phase subject) and
+``qsm-forward`` (a different phantom, kernel implementation and phase-offset/shim model).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nb
+import numpy as np
+import pytest
+
+from qsmprep.algorithms.metrics import nrmse
+from qsmprep.cli.run import main
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "bids_examples" / "ds-qsmsim"
+EXPECTED = [
+    "dataset_description.json",
+    "logs/CITATION.md",
+    "sub-{s}/log/qsmprep.toml",
+    "sub-{s}/anat/sub-{s}_Chimap.nii.gz",
+    "sub-{s}/anat/sub-{s}_Chimap.json",
+    "sub-{s}/anat/sub-{s}_desc-brain_mask.nii.gz",
+    "sub-{s}/anat/sub-{s}_desc-qsm_mask.nii.gz",
+    "sub-{s}/anat/sub-{s}_desc-total_fieldmap.nii.gz",
+    "sub-{s}/anat/sub-{s}_desc-local_fieldmap.nii.gz",
+]
+# Whole-pipeline NRMSE threshold (demeaned, %, inside truth-brain AND the Chimap's valid mask).
+# The issue's acceptance bound for the walking skeleton is 70 %; published whole pipelines from
+# raw phase score ~68 % on a realistic head (QSM-CI). A wrong sign gives ~200 %, a wrong unit
+# (Hz taken as ppm, or a 2 pi error) >> 100 %, B0 along the wrong axis > 100 %.
+MAX_NRMSE = 70.0
+
+
+@pytest.fixture(scope="module")
+def example_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("example") / "out"
+    rc = main([str(EXAMPLE), str(out), "participant", "-w", str(out.parent / "work"),
+               "--nprocs", "2"])  # fmt: skip
+    return rc, out
+
+
+def _load(path):
+    img = nb.load(str(path))
+    return np.asanyarray(img.dataobj).astype(np.float64), img.affine
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sub", ["01", "02"])
+def test_example_outputs_on_input_grid_and_accurate(example_run, sub):
+    rc, out = example_run
+    assert rc == 0
+    for rel in EXPECTED:
+        assert (out / rel.format(s=sub)).exists(), rel
+    chi, aff = _load(out / f"sub-{sub}/anat/sub-{sub}_Chimap.nii.gz")
+    raw = nb.load(str(next(EXAMPLE.glob(f"sub-{sub}/anat/*echo-1_part-phase_MEGRE.nii.gz"))))
+    assert chi.shape == raw.shape and np.allclose(aff, raw.affine)
+    assert nb.load(str(out / f"sub-{sub}/anat/sub-{sub}_Chimap.nii.gz")).get_data_dtype() == np.float32
+    meta = json.loads((out / f"sub-{sub}/anat/sub-{sub}_Chimap.json").read_text())
+    assert meta["Units"] == "ppm" and meta["ReferenceRegion"] == "brain"
+    assert meta["Sources"][0].startswith("bids:raw:sub-")
+    gt = EXAMPLE / "derivatives" / "groundtruth" / f"sub-{sub}" / "anat"
+    truth, _ = _load(gt / f"sub-{sub}_Chimap.nii.gz")
+    brain = _load(gt / f"sub-{sub}_desc-brain_mask.nii.gz")[0] > 0
+    valid = _load(out / f"sub-{sub}/anat/sub-{sub}_desc-qsm_mask.nii.gz")[0] > 0
+    evaluated = brain & valid
+    assert evaluated.sum() > 0.5 * brain.sum()
+    score = nrmse(chi, truth, evaluated)
+    print(f"sub-{sub} whole-pipeline NRMSE {score:.1f} %")
+    assert score < MAX_NRMSE
+    # paramagnetic deep grey (globus pallidus) must come out positive relative to white matter
+    labels = _load(gt / f"sub-{sub}_dseg.nii.gz")[0].astype(int)
+    names = dict(line.split("\t")[:2] for line in (gt / f"sub-{sub}_dseg.tsv").read_text().splitlines()[1:])
+    idx = {v: int(k) for k, v in names.items()}
+    gp = (labels == idx["globus_pallidus"]) & evaluated
+    wm = (labels == idx["white_matter"]) & evaluated
+    assert chi[gp].mean() - chi[wm].mean() > 0.08  # truth: 0.18 ppm
+
+
+@pytest.mark.slow
+def test_failed_subject_does_not_stop_others(tmp_path):
+    bids = tmp_path / "bids"
+    shutil.copytree(EXAMPLE, bids, ignore=shutil.ignore_patterns("derivatives"))
+    # break sub-02: a magnitude/phase echo count mismatch
+    for f in bids.glob("sub-02/anat/*echo-3_part-mag*"):
+        f.unlink()
+    out = tmp_path / "out"
+    rc = main([str(bids), str(out), "participant", "-w", str(tmp_path / "work")])
+    assert rc != 0
+    assert (out / "sub-01/anat/sub-01_Chimap.nii.gz").exists()
+    assert not list(out.glob("sub-02/anat/*"))
+
+
+@pytest.mark.slow
+def test_qsm_forward_independent_simulator(tmp_path):
+    pytest.importorskip("qsm_forward")
+    bids = tmp_path / "qf"
+    cmd = [sys.executable, "-m", "qsm_forward.main", "simple", str(bids), "--resolution", "64",
+           "64", "64", "--TEs", "0.004", "0.008", "0.012", "0.016", "--B0", "3",
+           "--peak-snr", "100", "--voxel-size", "1", "1", "1"]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    out = tmp_path / "out"
+    rc = main([str(bids), str(out), "participant", "-w", str(tmp_path / "work")])
+    assert rc == 0
+    chi, _ = _load(out / "sub-1/anat/sub-1_Chimap.nii.gz")
+    gt = bids / "derivatives" / "qsm-forward" / "sub-1" / "anat"
+    truth, _ = _load(next(gt.glob("*_Chimap.nii*")))
+    mask = _load(next(gt.glob("*_mask.nii*")))[0] > 0
+    valid = _load(out / "sub-1/anat/sub-1_desc-qsm_mask.nii.gz")[0] > 0
+    score = nrmse(chi, truth, mask & valid)
+    print(f"qsm-forward simple whole-pipeline NRMSE {score:.1f} %")
+    assert score < MAX_NRMSE
