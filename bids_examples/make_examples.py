@@ -48,14 +48,12 @@ def oblique_affine(shape, voxel, angles_deg) -> np.ndarray:
     return aff
 
 
-def _save(data, affine, path: Path, dtype, meta: dict | None = None, slope=None) -> None:
+def _save(data, affine, path: Path, dtype, meta: dict | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     img = nb.Nifti1Image(np.asarray(data).astype(dtype), affine)
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
     img.header.set_xyzt_units("mm", "sec")
-    if slope is not None:
-        img.header.set_slope_inter(slope, 0.0)
     nb.save(img, str(path))
     if meta is not None:
         path.with_name(path.name.replace(".nii.gz", ".json")).write_text(
@@ -76,12 +74,13 @@ def make_subject(root: Path, sub: str, cfg: dict) -> None:
         snr=100.0, rng=cfg["seed"],
     )  # fmt: skip
     anat = root / f"sub-{sub}" / "anat"
+    mag_scale = 4000.0 / float(sig.magnitude.max())  # one scale for all echoes keeps the decay
     for e, te in enumerate(cfg["tes"], start=1):
         stem = anat / f"sub-{sub}_echo-{e}_part-"
         common = {"EchoTime": te, "MagneticFieldStrength": cfg["b0"], "FlipAngle": 15,
                   "RepetitionTime": 0.03, "Manufacturer": "qsmprep simulator"}  # fmt: skip
         mag = sig.magnitude[..., e - 1]
-        _save(np.round(mag / mag.max() * 4000), affine, Path(f"{stem}mag_MEGRE.nii.gz"),
+        _save(np.round(mag * mag_scale), affine, Path(f"{stem}mag_MEGRE.nii.gz"),
               np.int16, common)  # fmt: skip
         phase = sig.phase_rad[..., e - 1]
         if cfg["phase"] == "siemens":

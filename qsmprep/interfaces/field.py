@@ -185,3 +185,35 @@ class PhaseUnwrapping(SimpleInterface):
         total = total * mask
         self._results["out_file"] = nifti.save(total, affine, _out(runtime, "total_hz.nii.gz"))
         return runtime
+
+
+class _R2sInputSpec(BaseInterfaceInputSpec):
+    magnitude = File(exists=True, mandatory=True, desc="4-D magnitude")
+    mask = File(exists=True, mandatory=True)
+    echo_times_s = traits.List(traits.Float, mandatory=True)
+    method = traits.Str("auto", usedefault=True)
+
+
+class _R2sOutputSpec(TraitedSpec):
+    r2star = File(exists=True, desc="R2* (1/s)")
+    t2star = File(exists=True, desc="T2* (s)")
+
+
+class R2starMapping(SimpleInterface):
+    """R2* and T2* maps from multi-echo magnitude (ARLO or weighted log-linear fit)."""
+
+    input_spec = _R2sInputSpec
+    output_spec = _R2sOutputSpec
+
+    def _run_interface(self, runtime):
+        from qsmprep.algorithms.r2star import r2star_map, t2star_from_r2star
+
+        mag, affine = nifti.load(self.inputs.magnitude)
+        mask = nifti.load(self.inputs.mask)[0] > 0
+        r2s = r2star_map(mag, echo_times_s=self.inputs.echo_times_s, mask=mask,
+                         method=self.inputs.method)  # fmt: skip
+        self._results["r2star"] = nifti.save(r2s, affine, _out(runtime, "r2star.nii.gz"))
+        self._results["t2star"] = nifti.save(
+            t2star_from_r2star(r2s), affine, _out(runtime, "t2star.nii.gz")
+        )
+        return runtime

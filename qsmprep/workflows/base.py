@@ -11,7 +11,8 @@ from nipype.pipeline import engine as pe
 
 from qsmprep.__about__ import __version__
 from qsmprep.workflows.field import init_field_wf
-from qsmprep.workflows.outputs import init_derivatives_wf
+from qsmprep.interfaces.field import R2starMapping
+from qsmprep.workflows.outputs import OUTPUTS, init_derivatives_wf
 from qsmprep.algorithms.background import BFR_METHODS
 from qsmprep.algorithms.inversion import INVERSION_METHODS
 from qsmprep.workflows.qsm import METHOD_DOIS, init_qsm_wf
@@ -138,10 +139,21 @@ def init_single_acquisition_wf(
         },  # fmt: skip
         "GeneratedBy": [{"Name": "qsmprep", "Version": __version__}],
     }
+    with_r2star = has_mag and len(echo_times) >= 2
     ds_wf = init_derivatives_wf(
         output_dir=output_dir, bids_dir=bids_dir, entities=acq.entities,
         source_files=list(acq.phase_files) + list(acq.magnitude_files), metadata=metadata,
+        outputs=tuple(o[0] for o in OUTPUTS
+                      if with_r2star or o[0] not in ("r2starmap", "t2starmap")),
     )  # fmt: skip
+    if with_r2star:
+        r2star = pe.Node(R2starMapping(echo_times_s=echo_times), name="r2star", mem_gb=mem_gb)
+        workflow.connect([
+            (field_wf, r2star, [("outputnode.magnitude", "magnitude"),
+                                ("outputnode.mask", "mask")]),
+            (r2star, ds_wf, [("r2star", "inputnode.r2starmap"),
+                             ("t2star", "inputnode.t2starmap")]),
+        ])  # fmt: skip
     workflow.connect([
         (inputnode, field_wf, [("phase_files", "inputnode.phase_files"),
                                ("magnitude_files", "inputnode.magnitude_files")]),

@@ -16,6 +16,8 @@ OUTPUTS = (
      {"Units": "Hz", "Description": "total (unwrapped, echo-combined) field offset"}),
     ("local_field_hz", "local", "fieldmap",
      {"Units": "Hz", "Description": "local field after background field removal"}),
+    ("r2starmap", None, "R2starmap", {"Units": "1/s"}),
+    ("t2starmap", None, "T2starmap", {"Units": "s"}),
 )  # fmt: skip
 
 
@@ -26,12 +28,18 @@ def init_derivatives_wf(
     entities: dict,
     source_files: list[str],
     metadata: dict | None = None,
+    outputs: tuple[str, ...] | None = None,
     name: str = "derivatives_wf",
 ) -> pe.Workflow:
-    """Write the per-acquisition derivatives; ``metadata`` is merged into every sidecar."""
+    """Write the per-acquisition derivatives; ``metadata`` is merged into every sidecar.
+
+    ``outputs`` selects fields of :data:`OUTPUTS` (default: all).
+    """
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(fields=[o[0] for o in OUTPUTS]), name="inputnode")
     for field, desc, suffix, static in OUTPUTS:
+        if outputs is not None and field not in outputs:
+            continue
         sink = pe.Node(
             DerivativesSink(
                 output_dir=str(output_dir), bids_dir=str(bids_dir), entities=dict(entities),

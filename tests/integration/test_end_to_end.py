@@ -32,6 +32,8 @@ EXPECTED = [
     "sub-{s}/anat/sub-{s}_desc-qsm_mask.nii.gz",
     "sub-{s}/anat/sub-{s}_desc-total_fieldmap.nii.gz",
     "sub-{s}/anat/sub-{s}_desc-local_fieldmap.nii.gz",
+    "sub-{s}/anat/sub-{s}_R2starmap.nii.gz",
+    "sub-{s}/anat/sub-{s}_T2starmap.nii.gz",
 ]
 # Whole-pipeline NRMSE threshold (demeaned, %, inside truth-brain AND the Chimap's valid mask).
 # The acceptance bound for the walking skeleton is 70 %; published whole pipelines from
@@ -83,6 +85,12 @@ def test_example_outputs_on_input_grid_and_accurate(example_run, sub):
     gp = (labels == idx["globus_pallidus"]) & evaluated
     wm = (labels == idx["white_matter"]) & evaluated
     assert chi[gp].mean() - chi[wm].mean() > 0.08  # truth: 0.18 ppm
+    # R2* (1/s) from the magnitude decay: truth scales 3 T values with B0 (GP 45, WM 22 at 3 T)
+    r2s, _ = _load(out / f"sub-{sub}/anat/sub-{sub}_R2starmap.nii.gz")
+    b0 = meta["MagneticFieldStrength"]
+    for region, r2s_3t in (("globus_pallidus", 45.0), ("white_matter", 22.0)):
+        sel = (labels == idx[region]) & brain
+        assert abs(r2s[sel].mean() - r2s_3t * b0 / 3.0) < 0.15 * r2s_3t * b0 / 3.0, region
 
 
 @pytest.mark.slow
