@@ -65,13 +65,16 @@ def qsm_forward_subjects():
             return
         load = lambda p: np.asanyarray(nb.load(str(p)).dataobj).astype(np.float32)  # noqa: E731
         anat = Path(tmp) / "sub-1" / "anat"
-        phase = np.stack([load(anat / f"sub-1_echo-{e}_part-phase_MEGRE.nii") for e in range(1, 5)], -1)
+        phase = np.stack(
+            [load(anat / f"sub-1_echo-{e}_part-phase_MEGRE.nii") for e in range(1, 5)], -1
+        )
         mag = np.stack([load(anat / f"sub-1_echo-{e}_part-mag_MEGRE.nii") for e in range(1, 5)], -1)
         gt = Path(tmp) / "derivatives" / "qsm-forward" / "sub-1" / "anat"
         brain = load(gt / "sub-1_mask.nii") > 0
         truth = load(gt / "sub-1_Chimap.nii")
     yield "qsm-forward", dict(phase=phase, mag=mag, tes=(0.004, 0.008, 0.012, 0.016), b0=3.0,
-                              vox=(1.0, 1.0, 1.0), b0_dir=(0, 0, 1), truth=truth, brain=brain)  # fmt: skip
+                              vox=(1.0, 1.0, 1.0), b0_dir=(0, 0, 1), truth=truth,
+                              brain=brain)  # fmt: skip
 
 
 def front_end(case):

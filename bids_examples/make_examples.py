@@ -115,7 +115,8 @@ def main(out: Path = HERE / "ds-qsmsim") -> None:
     (out / "dataset_description.json").write_text(json.dumps(
         {"Name": "qsmprep simulated multi-echo GRE examples", "BIDSVersion": "1.10.0",
          "DatasetType": "raw", "License": "CC0",
-         "GeneratedBy": [{"Name": "qsmprep bids_examples/make_examples.py"}]}, indent=2) + "\n")  # fmt: skip
+         "GeneratedBy": [{"Name": "qsmprep bids_examples/make_examples.py"}]},
+        indent=2) + "\n")  # fmt: skip
     (out / "participants.tsv").write_text("participant_id\tage\tgroup\nsub-01\t34\tcontrol\n"
                                           "sub-02\t61\tpatient\n")  # fmt: skip
     gt = out / "derivatives" / "groundtruth"

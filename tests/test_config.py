@@ -22,7 +22,7 @@ def test_defaults_and_normalisation():
     assert s.participant_label == ("01", "02")
     assert s.session_label == ("pre",)
     assert (s.masking, s.combination, s.unwrapping) == ("magnitude", "linear-fit", "laplacian")
-    assert (s.bfr, s.inversion, s.reference) == ("vsharp", "rts", "brain")
+    assert (s.bfr, s.inversion, s.reference) == ("resharp", "tv", "brain")
     assert s.tkd_threshold == 0.19 and s.vsharp_max_radius_mm == 12.0
     assert s.vsharp_min_radius_mm is None and s.mask_erosions == 0
     assert s.phase_sign == 1 and s.seed == 0 and s.omp_nthreads == 1
@@ -47,7 +47,7 @@ def test_frozen():
 @pytest.mark.parametrize(
     ("changes", "match"),
     [
-        ({"inversion": "medi"}, "inversion must be one of tkd, rts, tv"),
+        ({"inversion": "medi"}, "inversion must be one of tv, rts, tkd"),
         ({"masking": "bet"}, "masking must be one of"),
         ({"reference": "csf"}, "reference must be one of"),
         ({"analysis_level": "session"}, "analysis_level must be one of"),
@@ -74,7 +74,7 @@ def test_validation_errors(changes, match):
 def test_replace_validates_and_rejects_unknown_keys():
     s = _settings()
     assert s.replace(inversion="tkd").inversion == "tkd"
-    assert s.inversion == "rts"
+    assert s.inversion == "tv"
     with pytest.raises(ValueError, match="phase_sign"):
         s.replace(phase_sign=-2)
     with pytest.raises(ValueError, match="unknown"):

@@ -87,7 +87,9 @@ def dipole_kernel(
     nyq = [np.isclose(np.abs(ki), 0.5 / float(h)) & (int(n) % 2 == 0)
            for ki, h, n in zip(k, voxel_size_mm, shape, strict=True)]  # fmt: skip
     kb = sum(np.where(ny, 0.0, ki) * bi for ki, bi, ny in zip(k, b, nyq, strict=True))
-    kb2 = kb**2 + sum(np.where(ny, ki, 0.0) ** 2 * bi**2 for ki, bi, ny in zip(k, b, nyq, strict=True))
+    kb2 = kb**2 + sum(
+        np.where(ny, ki, 0.0) ** 2 * bi**2 for ki, bi, ny in zip(k, b, nyq, strict=True)
+    )
     with np.errstate(invalid="ignore", divide="ignore"):
         d = 1.0 / 3.0 - kb2 / k2
     d[0, 0, 0] = 0.0
@@ -126,7 +128,7 @@ def sphere_mask(
         view[i] = int(n)
         coords.append(c.reshape(view))
     r2 = coords[0] ** 2 + coords[1] ** 2 + coords[2] ** 2
-    return r2 <= float(radius_mm) ** 2 + 1e-9
+    return r2 <= float(radius_mm) ** 2 * (1.0 + 1e-4)  # tolerant to float32 voxel sizes
 
 
 def smv_kernel(
@@ -138,9 +140,7 @@ def smv_kernel(
     harmonic (background) fields inside the eroded mask (Schweser et al., NeuroImage 2011,
     doi:10.1016/j.neuroimage.2010.10.070).
     """
-    ball = sphere_mask(shape, voxel_size_mm=voxel_size_mm, radius_mm=radius_mm).astype(
-        np.float64
-    )
+    ball = sphere_mask(shape, voxel_size_mm=voxel_size_mm, radius_mm=radius_mm).astype(np.float64)
     ball /= ball.sum()
     return np.real(rfftn(ball)).astype(np.float32)
 

@@ -41,7 +41,12 @@ def hfen(estimate, truth, mask=None, *, sigma_vox: float = 1.5) -> float:
     m = np.ones(np.shape(truth), bool) if mask is None else np.asarray(mask, bool)
     est = np.where(m, estimate, 0.0).astype(np.float64)
     ref = np.where(m, truth, 0.0).astype(np.float64)
-    return nrmse(ndimage.gaussian_laplace(est, sigma_vox), ndimage.gaussian_laplace(ref, sigma_vox), m, demean=False)
+    return nrmse(
+        ndimage.gaussian_laplace(est, sigma_vox),
+        ndimage.gaussian_laplace(ref, sigma_vox),
+        m,
+        demean=False,
+    )
 
 
 def region_means(image, labels, label_ids) -> np.ndarray:

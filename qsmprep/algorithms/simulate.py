@@ -127,7 +127,11 @@ def make_head_phantom(
     put(brain, "grey_matter")
     put(wm, "white_matter")
     for side in (-1.0, 1.0):
-        vent = _ellipsoid(grid, (side * 0.08 * brain_semi[0], 0.05 * brain_semi[1], 0.2 * brain_semi[2]), brain_semi * np.array([0.05, 0.25, 0.08]))
+        vent = _ellipsoid(
+            grid,
+            (side * 0.08 * brain_semi[0], 0.05 * brain_semi[1], 0.2 * brain_semi[2]),
+            brain_semi * np.array([0.05, 0.25, 0.08]),
+        )
         put(vent & brain, "csf")
     for name, c, s, mirrored in _STRUCTURES:
         for side in (-1.0, 1.0) if mirrored else (1.0,):
@@ -166,10 +170,15 @@ def _random_vein(grid, brain_semi, voxel_size_mm, rng) -> np.ndarray:
     return dist2 <= radius**2
 
 
-def phase_offset_map(shape: Sequence[int], *, rng: np.random.Generator | int | None = 0) -> np.ndarray:
+def phase_offset_map(
+    shape: Sequence[int], *, rng: np.random.Generator | int | None = 0
+) -> np.ndarray:
     """A smooth receive-phase offset ``phi0`` (rad): a random low-order polynomial."""
     rng = np.random.default_rng(rng)
-    grid = [np.linspace(-1, 1, n).reshape([-1 if i == j else 1 for j in range(3)]) for i, n in enumerate(shape)]
+    grid = [
+        np.linspace(-1, 1, n).reshape([-1 if i == j else 1 for j in range(3)])
+        for i, n in enumerate(shape)
+    ]
     c = rng.uniform(-1.2, 1.2, 7)
     phi = c[0] + c[1] * grid[0] + c[2] * grid[1] + c[3] * grid[2]
     phi = phi + 0.5 * (c[4] * grid[0] * grid[1] + c[5] * grid[1] * grid[2] + c[6] * grid[2] ** 2)
@@ -219,12 +228,17 @@ def simulate_gre(
     df_hz = GAMMA_BAR_HZ_PER_T * float(b0_tesla) * 1e-6 * field.astype(np.float64)
     sig = np.empty(chi_ppm.shape + (tes.size,), dtype=np.complex64)
     for e, te in enumerate(tes):
-        sig[..., e] = m0 * np.exp(-r2s * te) * np.exp(1j * (phi0 + phase_sign * 2 * np.pi * df_hz * te))
+        sig[..., e] = (
+            m0 * np.exp(-r2s * te) * np.exp(1j * (phi0 + phase_sign * 2 * np.pi * df_hz * te))
+        )
     if snr:
         sd = float(np.max(m0)) / float(snr)
-        sig += (rng.normal(0, sd, sig.shape) + 1j * rng.normal(0, sd, sig.shape)).astype(np.complex64)
+        sig += (rng.normal(0, sd, sig.shape) + 1j * rng.normal(0, sd, sig.shape)).astype(
+            np.complex64
+        )
     return MultiEchoSignal(
-        magnitude=np.abs(sig).astype(np.float32), phase_rad=wrap_to_pi(np.angle(sig)).astype(np.float32),
+        magnitude=np.abs(sig).astype(np.float32),
+        phase_rad=wrap_to_pi(np.angle(sig)).astype(np.float32),
         total_field_ppm=field, phase_offset_rad=np.asarray(phi0, np.float32),
         echo_times_s=tuple(float(t) for t in tes), b0_tesla=float(b0_tesla),
     )  # fmt: skip

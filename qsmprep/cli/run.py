@@ -46,10 +46,14 @@ def describe_plan(settings, acquisitions) -> str:
         b0 = f"{acq.b0_tesla:g} T" + (" (from --b0-tesla)" if acq.b0_from_cli else "")
         lines.append(f"  {acq.name}: {len(acq.phase_files)} echo(es) TE=[{tes}] ms, {mag}, {b0}")
     lines.append("stages:")
-    lines.append(f"  phase scaling (sign {settings.phase_sign:+d}) -> masking: {settings.masking}"
-                 f" -> combination: {settings.combination} -> unwrapping: {settings.unwrapping}")
-    lines.append(f"  -> bfr: {settings.bfr} -> inversion: {settings.inversion}"
-                 f" -> reference: {settings.reference} -> derivatives in {settings.output_dir}")
+    lines.append(
+        f"  phase scaling (sign {settings.phase_sign:+d}) -> masking: {settings.masking}"
+        f" -> combination: {settings.combination} -> unwrapping: {settings.unwrapping}"
+    )
+    lines.append(
+        f"  -> bfr: {settings.bfr} -> inversion: {settings.inversion}"
+        f" -> reference: {settings.reference} -> derivatives in {settings.output_dir}"
+    )
     return "\n".join(lines)  # fmt: skip
 
 
@@ -115,8 +119,11 @@ def run_participant(settings) -> int:
     for err in errors:
         print(f"qsmprep: error: {err}", file=sys.stderr)
     if not acquisitions:
-        return _fail("no acquisition could be processed") if errors else _fail(
-            f"no MEGRE/T2starw phase data found in {settings.bids_dir}")
+        return (
+            _fail("no acquisition could be processed")
+            if errors
+            else _fail(f"no MEGRE/T2starw phase data found in {settings.bids_dir}")
+        )
     for acq in acquisitions:
         for warning in check_acquisition_advice(acq):
             LOGGER.warning("%s: %s", acq.name, warning)

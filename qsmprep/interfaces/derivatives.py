@@ -86,7 +86,9 @@ class DerivativesSink(SimpleInterface):
         meta = dict(self.inputs.metadata)
         if isdefined(self.inputs.source_files):
             bids_dir = self.inputs.bids_dir if isdefined(self.inputs.bids_dir) else ""
-            meta["Sources"] = [bids_uri(s, bids_dir) if bids_dir else s for s in self.inputs.source_files]
+            meta["Sources"] = [
+                bids_uri(s, bids_dir) if bids_dir else s for s in self.inputs.source_files
+            ]
         sidecar = out.with_name(out.name.removesuffix(self.inputs.extension) + ".json")
         tmp_json = sidecar.with_name(f".{sidecar.name}.tmp")
         tmp_json.write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")

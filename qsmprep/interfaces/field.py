@@ -140,14 +140,14 @@ class EchoCombination(SimpleInterface):
         phase, affine = nifti.load(self.inputs.phase)
         mag = nifti.load(self.inputs.magnitude)[0] if isdefined(self.inputs.magnitude) else None
         mask = nifti.load(self.inputs.mask)[0] > 0
-        fit = combine.fit_field_linear(
-            phase, mag, echo_times_s=self.inputs.echo_times_s, mask=mask
-        )
+        fit = combine.fit_field_linear(phase, mag, echo_times_s=self.inputs.echo_times_s, mask=mask)
         self._results["field_hz"] = nifti.save(fit.field_hz, affine, _out(runtime, "fit_hz.nii.gz"))
         self._results["phase_offset"] = nifti.save(
             fit.phase_offset_rad, affine, _out(runtime, "phase_offset.nii.gz")
         )
-        self._results["residual"] = nifti.save(fit.residual, affine, _out(runtime, "residual.nii.gz"))
+        self._results["residual"] = nifti.save(
+            fit.residual, affine, _out(runtime, "residual.nii.gz")
+        )
         self._results["wrap_period_hz"] = float(fit.wrap_period_hz)
         return runtime
 

@@ -10,11 +10,11 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from qsmprep.__about__ import __version__
-from qsmprep.workflows.field import init_field_wf
-from qsmprep.interfaces.field import R2starMapping
-from qsmprep.workflows.outputs import OUTPUTS, init_derivatives_wf
 from qsmprep.algorithms.background import BFR_METHODS
 from qsmprep.algorithms.inversion import INVERSION_METHODS
+from qsmprep.interfaces.field import R2starMapping
+from qsmprep.workflows.field import init_field_wf
+from qsmprep.workflows.outputs import OUTPUTS, init_derivatives_wf
 from qsmprep.workflows.qsm import METHOD_DOIS, init_qsm_wf
 
 #: Image-size model for node memory: bytes per voxel per echo held by the heaviest stage.
@@ -134,8 +134,10 @@ def init_single_acquisition_wf(
         "EstimationReference": [METHOD_DOIS[m] for m in (bfr, inversion) if m in METHOD_DOIS],
         "Parameters": {
             "bfr": {**method_defaults(BFR_METHODS[bfr]), **(bfr_params or {})},
-            "inversion": {**method_defaults(INVERSION_METHODS[inversion]),
-                          **(inversion_params or {})},
+            "inversion": {
+                **method_defaults(INVERSION_METHODS[inversion]),
+                **(inversion_params or {}),
+            },
         },  # fmt: skip
         "GeneratedBy": [{"Name": "qsmprep", "Version": __version__}],
     }

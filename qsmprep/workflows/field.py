@@ -70,8 +70,10 @@ def init_field_wf(
     )
     phase_scaling = pe.Node(PhaseScaling(units=phase_units, sign=phase_sign),
                             name="phase_scaling", mem_gb=mem_gb)  # fmt: skip
-    brain_mask = pe.Node(BrainMask(echo_times_s=list(echo_times_s), method=mask_method,
-                                   erosions=mask_erosions), name="brain_mask", mem_gb=mem_gb)  # fmt: skip
+    brain_mask = pe.Node(
+        BrainMask(echo_times_s=list(echo_times_s), method=mask_method, erosions=mask_erosions),
+        name="brain_mask", mem_gb=mem_gb,
+    )  # fmt: skip
     combine = pe.Node(EchoCombination(echo_times_s=list(echo_times_s), method=combination),
                       name="echo_combination", mem_gb=mem_gb)  # fmt: skip
     unwrap = pe.Node(PhaseUnwrapping(method=unwrapping), name="unwrap", mem_gb=mem_gb)

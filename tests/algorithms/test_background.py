@@ -1,16 +1,17 @@
 """Ground-truth tests of background field removal on the simulated head phantom.
 
-Truth: the total field is the dipole field of the whole phantom (air outside the head and a
-sinus give a background ~35x stronger than the brain's own field); the true local field is
-the field of the brain's susceptibility alone. Thresholds were measured on this phantom
-(measured value in the comment) and set with a modest margin. For scale: returning the total
-field scores ~2400 % NRMSE, returning zeros 100 %, a sign error ~200 %.
+Truth: the total field is the dipole field of the whole phantom (air outside the head, a
+sinus and a diamagnetic skull give a background ~24x stronger, in standard deviation over the
+brain, than the brain's own field); the true local field is the field of the brain's
+susceptibility alone. Thresholds were measured on this phantom (measured value in the
+comment) and set with a modest margin. For scale: returning the total field scores
+~1900-2400 % NRMSE, returning zeros 100 %, a sign error ~200 %.
 
-Why the numbers are high (35-60 %) for every method: the phantom's local field is dominated by
+Why the numbers are high (28-62 %) for every method: the phantom's local field is dominated by
 the smooth dipole field of one large white-matter ellipsoid, which is nearly harmonic in the
-grey-matter shell and so indistinguishable from background near the edge; and the spectral
-forward model rings (Gibbs) at the 9.4 ppm air step, which is not harmonic near the brain edge.
-The analytic harmonic test below isolates the background-removal property itself.
+grey-matter shell and so indistinguishable from background near the edge. (The simulator
+smooths the susceptibility outside the brain by one voxel, so the 9.4 ppm air step no longer
+rings.) The analytic harmonic test below isolates the background-removal property itself.
 """
 
 import numpy as np
@@ -28,12 +29,12 @@ VOX = (3.0, 3.0, 3.0)
 #         min fraction of the brain kept (measured),
 #         max residual of a background-only field, % of the true local-field RMS (measured)
 EXPECTED = {
-    "vsharp": (70.0, 0.85, 36.0),  # 62.2 %, 0.89, 30.2 %
-    "sharp": (40.0, 0.75, 21.0),  # 33.9 %, 0.79, 17.0 %
-    "resharp": (45.0, 0.75, 17.0),  # 38.2 %, 0.79, 13.5 %
-    "ismv": (45.0, 0.75, 17.0),  # 38.6 %, 0.79, 13.5 %
-    "pdf": (55.0, 1.0, 17.0),  # 47.4 %, 1.00, 13.1 %
-    "lbv": (60.0, 0.85, 48.0),  # 53.8 %, 0.89, 41.5 %
+    "vsharp": (68.0, 0.85, 19.0),  # 61.9 %, 0.89, 15.0 %
+    "sharp": (34.0, 0.75, 11.0),  # 28.0 %, 0.79, 8.5 %
+    "resharp": (41.0, 0.75, 7.0),  # 34.9 %, 0.79, 5.6 %
+    "ismv": (40.0, 0.75, 7.0),  # 34.2 %, 0.79, 5.7 %
+    "pdf": (53.0, 1.0, 14.0),  # 47.0 %, 1.00, 11.2 %
+    "lbv": (64.0, 0.85, 32.0),  # 58.0 %, 0.89, 25.7 %
 }
 
 
@@ -83,8 +84,9 @@ def test_units_preserved(head, results, method):
 
 @pytest.mark.parametrize("method", sorted(bg.BFR_METHODS))
 def test_background_only_field_gives_near_zero(head, method):
-    """Sources outside the brain only: the local field should vanish (limited by Gibbs
-    ringing of the simulated air step; passing the input through would score ~2400 %)."""
+    """Sources outside the brain only: the local field should vanish (limited because the
+    sampled dipole field of the sources is not exactly harmonic on the grid within 2-3 voxels
+    of the brain's edge; passing the input through would score ~1900-2400 %)."""
     brain, _, local_true, background = head
     local, eroded = bg.BFR_METHODS[method](background, brain, voxel_size_mm=VOX)
     residual = 100 * local[eroded].std() / local_true[eroded].std()
@@ -104,18 +106,27 @@ def test_analytic_harmonic_field_is_removed(head, method):
     field = (sphere + 0.01 * grid[2] + 0.02 * grid[0]).astype(np.float32)
     local, eroded = bg.BFR_METHODS[method](field, brain, voxel_size_mm=VOX)
     residual = local[eroded].std() / field[eroded].std()
-    # measured: SMV family <= 3e-5, LBV 1.5e-4, PDF 5.8e-3 (finite source shell)
+    # measured: SMV family <= 3.2e-5, LBV 1.5e-4, PDF 5.8e-3 (finite source shell)
     assert residual < (1.5e-2 if method == "pdf" else 1e-3)
 
 
 def test_pdf_oblique_b0(head):
+    """B0 ~20 degrees from z. The local-field NRMSE hardly tells the B0 direction (the fit
+    along z scores 52.7 % against 52.0 %: a smooth harmonic background is matched by outside
+    sources of either orientation, and the error is dominated by the white-matter field, see
+    the module docstring). A background-only field does: the residual with the right B0 is
+    half that with B0 along z."""
     brain = head[0]
     b0 = np.array([0.3, -0.2, 1.0]) / np.linalg.norm([0.3, -0.2, 1.0])  # ~20 deg from z
-    _, total, local_true, _ = _fields((64, 64, 64), VOX, b0=b0)
+    _, total, local_true, ph = _fields((64, 64, 64), VOX, b0=b0)
     local, eroded = bg.pdf(total, brain, voxel_size_mm=VOX, b0_direction=b0)
-    assert nrmse(local, local_true, eroded) < 65.0  # measured 57.9 %
-    wrong, _ = bg.pdf(total, brain, voxel_size_mm=VOX)  # B0 along z: 158 %
-    assert nrmse(wrong, local_true, eroded) > 100.0
+    assert nrmse(local, local_true, eroded) < 58.0  # measured 52.0 %
+    background = forward_field(np.where(brain, 0, ph.chi_ppm), voxel_size_mm=VOX, b0_direction=b0)
+    scale = local_true[eroded].std()
+    right, _ = bg.pdf(background, brain, voxel_size_mm=VOX, b0_direction=b0)
+    wrong, _ = bg.pdf(background, brain, voxel_size_mm=VOX)  # B0 along z
+    assert 100 * right[eroded].std() / scale < 16.0  # measured 12.5 % of the local field
+    assert 100 * wrong[eroded].std() / scale > 19.0  # measured 23.1 %
     via, _ = bg.remove_background("pdf", total, brain, voxel_size_mm=VOX, b0_direction=b0)
     np.testing.assert_array_equal(via, local)
 
@@ -125,7 +136,7 @@ def test_vsharp_anisotropic_voxels():
     brain, total, local_true, _ = _fields((64, 64, 42), vox)
     local, eroded = bg.vsharp(total, brain, voxel_size_mm=vox)
     assert not (eroded & ~brain).any() and eroded.sum() >= 0.8 * brain.sum()  # measured 0.85
-    assert nrmse(local, local_true, eroded) < 60.0  # measured 53.0 %
+    assert nrmse(local, local_true, eroded) < 60.0  # measured 53.3 %
     # radii in mm: 12 mm down to the largest voxel (3 mm) in steps of the smallest (2 mm)
     assert bg._vsharp_radii(vox, 12.0, None) == [12.0, 10.0, 8.0, 6.0, 4.0, 3.0]
 

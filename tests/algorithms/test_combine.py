@@ -53,8 +53,9 @@ def exact_fraction(field_hz, truth_hz, mask, period_hz):
 def test_fit_and_unwrap_recover_the_total_field(phantom, signal_3t):
     """3 T, 4 echoes, SNR 100: the fitted field, unwrapped in space, is the simulated total
     field in Hz up to one global 250 Hz period. Demeaned NRMSE < 2 % where the field is
-    sampled (a wrong unit, 2 pi or sign gives >= 100 %); < 0.5 % of the brain lies near the
-    sinus where neighbours differ by > 125 Hz and cannot be resolved."""
+    sampled (measured 0.74 %; a wrong unit, 2 pi or sign gives >= 99 %, the aliased fit
+    without unwrapping 33 % with 0.3 % of the brain a period off). No in-brain neighbours
+    differ by half a period (125 Hz) or more on this phantom: the whole brain is sampled."""
     mask = phantom.brain_mask
     truth = ppm_to_hz(signal_3t.total_field_ppm, b0_tesla=3.0).astype(np.float64)
     fit = fit_field_linear(signal_3t.phase_rad, signal_3t.magnitude, echo_times_s=TES, mask=mask)
@@ -63,7 +64,7 @@ def test_fit_and_unwrap_recover_the_total_field(phantom, signal_3t):
     assert fit.field_hz.dtype == np.float32 and fit.field_hz.shape == SHAPE
     assert np.all(fit.field_hz[~mask] == 0)
     assert np.abs(fit.field_hz[mask]).max() < 0.55 * fit.wrap_period_hz  # aliased, +- noise
-    assert np.ptp(truth[mask]) > 3 * fit.wrap_period_hz  # so unwrapping is needed
+    assert np.ptp(truth[mask]) > 1.5 * fit.wrap_period_hz  # so unwrapping is needed (1.88)
     field = unwrap_field_hz(
         fit.field_hz, wrap_period_hz=fit.wrap_period_hz, voxel_size_mm=VOX, mask=mask
     )
@@ -141,8 +142,10 @@ def test_magnitude_weighting_reduces_noise():
 
 
 def test_single_echo_low_field(phantom):
-    """1.5 T, one echo at 20 ms, SNR 50: f = phase / (2 pi TE) aliases every 50 Hz (8 turns
-    over the brain); after spatial unwrapping it is the total field where sampled."""
+    """1.5 T, one echo at 20 ms, SNR 50: f = phase / (2 pi TE) aliases every 50 Hz (4.7 turns
+    over the brain); after spatial unwrapping it is the total field where sampled (measured
+    NRMSE 1.3 %, 99.5 % of the brain sampled; without unwrapping 109 %, 18 % of the sampled
+    voxels a period off)."""
     te = (0.02,)
     sig = simulate.simulate_gre(
         phantom.chi_ppm, voxel_size_mm=VOX, echo_times_s=te, b0_tesla=1.5, m0=phantom.m0,
@@ -154,10 +157,10 @@ def test_single_echo_low_field(phantom):
     assert np.allclose(fit.field_hz[mask], sig.phase_rad[..., 0][mask] / (TWO_PI * te[0]))
     assert np.all(fit.phase_offset_rad == 0) and np.all(fit.residual == 0)
     truth = ppm_to_hz(sig.total_field_ppm, b0_tesla=1.5).astype(np.float64)
-    assert np.ptp(truth[mask]) > 6 * fit.wrap_period_hz
+    assert np.ptp(truth[mask]) > 4 * fit.wrap_period_hz  # measured 4.70
     field = unwrap_field_hz(fit.field_hz, wrap_period_hz=50.0, voxel_size_mm=VOX, mask=mask)
     sampled = sampled_region(truth, mask, 50.0)
-    assert sampled.sum() > 0.97 * mask.sum()
+    assert sampled.sum() > 0.99 * mask.sum()  # measured 0.995
     assert exact_fraction(field, truth, sampled, 50.0) == 1.0
     assert nrmse(field, truth, sampled) < 3.0  # single short echo: noise ~0.3 Hz of ~20 Hz sd
 

@@ -14,7 +14,8 @@ CHI = 0.5  # ppm
 
 
 def _grid(shape, vox):
-    return np.meshgrid(*[(np.arange(n) - n // 2) * v for n, v in zip(shape, vox)], indexing="ij")
+    axes = [(np.arange(n) - n // 2) * v for n, v in zip(shape, vox, strict=True)]
+    return np.meshgrid(*axes, indexing="ij")
 
 
 def test_uniform_sphere_field_matches_analytic_dipole():

@@ -9,7 +9,8 @@ def test_algorithms_import_no_io_libraries():
         "import sys, pkgutil, importlib, qsmprep.algorithms as A\n"
         "for m in pkgutil.walk_packages(A.__path__, 'qsmprep.algorithms.'):\n"
         "    importlib.import_module(m.name)\n"
-        "bad = [n for n in ('nipype', 'nibabel', 'bids', 'templateflow', 'nilearn') if n in sys.modules]\n"
+        "io = ('nipype', 'nibabel', 'bids', 'templateflow', 'nilearn')\n"
+        "bad = [n for n in io if n in sys.modules]\n"
         "print(','.join(bad))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

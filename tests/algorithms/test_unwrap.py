@@ -107,11 +107,13 @@ def test_dct_eigenvalues_are_the_laplacian_kernel_on_the_mirrored_grid():
 
 
 def test_unwrap_field_hz_recovers_the_total_field(phantom):
-    """The phantom's 3 T total field known modulo 100 Hz (1 / 10 ms): the result is the input
-    plus whole periods and equals the truth wherever the truth is sampled. Near the sinus
-    some in-brain neighbours differ by more than half a period (0.4 % of the brain): there
-    no spatial unwrapper can know the turn, and the least-squares error spreads about one
-    voxel, so exactness is required one voxel away from those edges."""
+    """The phantom's 3 T total field (4.7 periods over the brain) known modulo 100 Hz
+    (1 / 10 ms): the result is the input plus whole periods and equals the truth wherever the
+    truth is sampled. Near the sinus some in-brain neighbours differ by more than half a
+    period (0.24 % of the brain): there no spatial unwrapper can know the turn, and the
+    least-squares error spreads about one voxel, so exactness is required one voxel away
+    from those edges (99.5 % of the brain). Measured: exact on all of that, 99.88 % of the
+    whole brain; the aliased input itself is exact on 82 %."""
     mask = phantom.brain_mask
     truth = ppm_to_hz(
         simulate.simulate_gre(
@@ -121,7 +123,7 @@ def test_unwrap_field_hz_recovers_the_total_field(phantom):
     ).astype(np.float64)
     period = 100.0
     aliased = truth - period * np.round(truth / period)
-    assert np.ptp(truth[mask]) > 6 * period
+    assert np.ptp(truth[mask]) > 4 * period  # measured 4.70
     out = unwrap_field_hz(aliased, wrap_period_hz=period, voxel_size_mm=VOX, mask=mask)
     assert out.dtype == np.float32
     periods = (out[mask] - aliased[mask]) / period

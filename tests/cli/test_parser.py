@@ -35,7 +35,13 @@ def test_minimal_command_line_gives_defaults(dirs):
     assert s.bids_dir == dirs[0] and s.output_dir == dirs[1]
     assert s.analysis_level == "participant"
     assert s.participant_label == () and s.work_dir is None
-    assert s.inversion == "rts" and s.phase_sign == 1 and not s.dry_run and s.verbose == 0
+    assert (
+        s.inversion == "tv"
+        and s.bfr == "resharp"
+        and s.phase_sign == 1
+        and not s.dry_run
+        and s.verbose == 0
+    )
 
 
 def test_relative_paths_become_absolute(dirs, monkeypatch):
@@ -163,7 +169,7 @@ def test_config_file_alone_fills_settings(dirs, tmp_path):
     path = tmp_path / "c.toml"
     path.write_text('reference = "none"\nmask_erosions = 3\n')
     s = parse_args(_args(dirs, "--config-file", str(path)))
-    assert s.reference == "none" and s.mask_erosions == 3 and s.inversion == "rts"
+    assert s.reference == "none" and s.mask_erosions == 3 and s.inversion == "tv"
 
 
 @pytest.mark.parametrize(

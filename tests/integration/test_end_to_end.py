@@ -65,7 +65,9 @@ def test_example_outputs_on_input_grid_and_accurate(example_run, sub):
     chi, aff = _load(out / f"sub-{sub}/anat/sub-{sub}_Chimap.nii.gz")
     raw = nb.load(str(next(EXAMPLE.glob(f"sub-{sub}/anat/*echo-1_part-phase_MEGRE.nii.gz"))))
     assert chi.shape == raw.shape and np.allclose(aff, raw.affine)
-    assert nb.load(str(out / f"sub-{sub}/anat/sub-{sub}_Chimap.nii.gz")).get_data_dtype() == np.float32
+    assert (
+        nb.load(str(out / f"sub-{sub}/anat/sub-{sub}_Chimap.nii.gz")).get_data_dtype() == np.float32
+    )
     meta = json.loads((out / f"sub-{sub}/anat/sub-{sub}_Chimap.json").read_text())
     assert meta["Units"] == "ppm" and meta["ReferenceRegion"] == "brain"
     assert meta["Sources"][0].startswith("bids:raw:sub-")
@@ -80,7 +82,9 @@ def test_example_outputs_on_input_grid_and_accurate(example_run, sub):
     assert score < MAX_NRMSE
     # paramagnetic deep grey (globus pallidus) must come out positive relative to white matter
     labels = _load(gt / f"sub-{sub}_dseg.nii.gz")[0].astype(int)
-    names = dict(line.split("\t")[:2] for line in (gt / f"sub-{sub}_dseg.tsv").read_text().splitlines()[1:])
+    names = dict(
+        line.split("\t")[:2] for line in (gt / f"sub-{sub}_dseg.tsv").read_text().splitlines()[1:]
+    )
     idx = {v: int(k) for k, v in names.items()}
     gp = (labels == idx["globus_pallidus"]) & evaluated
     wm = (labels == idx["white_matter"]) & evaluated

@@ -1,0 +1,459 @@
+"""``qsmprep-tools``: single QSM stages on plain NIfTI files.
+
+For users who already have intermediate maps (a field map, a mask, a local field) and want
+one stage of the pipeline without a BIDS dataset::
+
+    qsmprep-tools mask     --magnitude MAG1.nii.gz [MAG2 ...] -o MASK.nii.gz [--erosions N]
+    qsmprep-tools mask     --phase P1.nii.gz [P2 ...] --te-s TE1 [TE2 ...] -o MASK.nii.gz
+    qsmprep-tools combine  --phase P1 [P2 ...] [--magnitude M1 [M2 ...]] --te-s TE1 [TE2 ...]
+                           --mask MASK -o FIELD_HZ.nii.gz [--unwrap laplacian]
+    qsmprep-tools unwrap   --phase PHASE.nii.gz [--mask MASK] -o UNWRAPPED.nii.gz
+    qsmprep-tools bgremove --field TOTAL.nii.gz --mask MASK -o LOCAL.nii.gz [--mask-out M]
+                           [--algorithm resharp] [--b0-dir X Y Z]
+    qsmprep-tools invert   --field LOCAL.nii.gz --mask MASK -o CHI.nii.gz [--algorithm tv]
+                           [--field-units {ppm,hz,rad}] [--b0-tesla T] [--te-s TE]
+                           [--b0-dir X Y Z]
+
+This module only parses, loads (:mod:`qsmprep.interfaces.nifti`), calls
+:mod:`qsmprep.algorithms` and saves; the maths lives there. Outputs are float32 (masks
+uint8) on the input grid with the input affine; images are never resampled.
+
+B0 direction: by default B0 is along +z of the NIfTI world (scanner) frame and is expressed
+in voxel axes from the affine (:func:`~qsmprep.algorithms.kernels.b0_direction_from_affine`),
+so oblique acquisitions are handled exactly. ``--b0-dir X Y Z`` overrides it with a vector in
+the same world (scanner RAS) frame, converted to voxel axes as
+``b_vox = normalize(inv(R) @ b_world)``, ``R = affine[:3, :3] / column norms``; to give a
+direction in voxel axes instead, pass ``R @ b_vox``.
+
+Errors print one line ``qsmprep-tools: error: ...`` to stderr; the exit code is 2 for
+command-line errors (bad or missing options, missing input files) and 1 for failures while
+running (unreadable NIfTI, mismatched grids, an algorithm rejecting its input). Outputs are
+written to a temporary name in the output folder and renamed at the end, so a failed run
+leaves no output file behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+PROG = "qsmprep-tools"
+_NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+class _UsageError(Exception):
+    """A command-line error (exit code 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are one line and do not exit (``main`` returns the code)."""
+
+    def error(self, message: str):  # noqa: D102 (argparse API)
+        raise _UsageError(message)
+
+
+# --------------------------------------------------------------------------------------------
+# parser (pure)
+# --------------------------------------------------------------------------------------------
+_B0_DIR_HELP = (
+    "B0 direction as a vector in the WORLD (scanner, NIfTI RAS) frame, like B0 itself "
+    "(default 0 0 1). It is converted to voxel axes with the rotation of the image affine: "
+    "b_vox = normalize(inv(R) @ b_world), R = affine[:3,:3] / column norms. To give a "
+    "direction b_vox in voxel axes instead, pass R @ b_vox."
+)
+
+
+def _add_io(p: argparse.ArgumentParser, *, output_help: str) -> None:
+    p.add_argument("-o", "--output", required=True, metavar="OUT.nii.gz", help=output_help)
+
+
+def _add_b0_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--b0-dir", nargs=3, type=float, metavar=("X", "Y", "Z"), help=_B0_DIR_HELP)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``qsmprep-tools`` parser with its subcommands (no side effects)."""
+    from qsmprep.__about__ import __version__
+    from qsmprep.algorithms.background import BFR_METHODS
+    from qsmprep.algorithms.inversion import INVERSION_METHODS
+    from qsmprep.algorithms.unwrap import UNWRAP_METHODS
+
+    parser = _Parser(
+        prog=PROG,
+        description="Run single QSM stages on plain NIfTI files (no BIDS needed). "
+        "Outputs keep the input grid and affine.",
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        "invert",
+        help="dipole inversion: local field -> susceptibility (ppm)",
+        description="Dipole inversion of a local (background-removed) field. Output: chi in "
+        "ppm, float32, 0 outside the mask, not referenced (its mean is arbitrary). "
+        + "--b0-dir: "
+        + _B0_DIR_HELP,
+    )
+    p.add_argument("--field", required=True, metavar="FIELD.nii.gz", help="local field map")
+    p.add_argument("--mask", required=True, metavar="MASK.nii.gz", help="mask (nonzero = in)")
+    _add_io(p, output_help="susceptibility map (ppm)")
+    p.add_argument("--algorithm", default="tv", choices=sorted(INVERSION_METHODS),
+                   help="inversion method (default: %(default)s)")  # fmt: skip
+    p.add_argument(
+        "--field-units", default="ppm", choices=("ppm", "hz", "rad"),
+        help="unit of --field: ppm of B0 (default); hz (needs --b0-tesla); rad, the phase of "
+        "one echo, field = phase / (2 pi TE) Hz (needs --te-s and --b0-tesla)",
+    )  # fmt: skip
+    p.add_argument("--b0-tesla", type=float, metavar="T", help="field strength (T)")
+    p.add_argument("--te-s", type=float, metavar="TE", help="echo time (s) of a rad field")
+    _add_b0_dir(p)
+
+    p = sub.add_parser(
+        "bgremove",
+        help="background field removal: total field -> local field (unit preserved)",
+        description="Remove the background field inside the mask. The unit of the field is "
+        "preserved. The B0 direction is used only by dipole-based methods (pdf). "
+        + "--b0-dir: "
+        + _B0_DIR_HELP,
+    )
+    p.add_argument("--field", required=True, metavar="TOTAL.nii.gz", help="total field map")
+    p.add_argument("--mask", required=True, metavar="MASK.nii.gz", help="mask (nonzero = in)")
+    _add_io(p, output_help="local field map (same unit as --field)")
+    p.add_argument("--mask-out", metavar="MASK_OUT.nii.gz",
+                   help="write the (eroded) mask where the local field is valid")  # fmt: skip
+    p.add_argument("--algorithm", default="resharp", choices=sorted(BFR_METHODS),
+                   help="background removal method (default: %(default)s)")  # fmt: skip
+    _add_b0_dir(p)
+
+    p = sub.add_parser(
+        "mask",
+        help="brain/tissue mask from magnitude (Otsu) or from phase quality",
+        description="Mask from the magnitude (echoes combined by root-sum-of-squares, robust "
+        "Otsu threshold) or, with --phase and --te-s, from phase-gradient coherence (the "
+        "magnitude, if given too, then darkens low-signal voxels).",
+    )
+    p.add_argument("--magnitude", nargs="+", metavar="MAG", help="magnitude per echo (or 4-D)")
+    p.add_argument("--phase", nargs="+", metavar="PHASE", help="phase per echo (or 4-D)")
+    p.add_argument("--te-s", nargs="+", type=float, metavar="TE",
+                   help="echo times (s), one per echo; needed with --phase")  # fmt: skip
+    _add_io(p, output_help="mask (uint8, 0/1)")
+    p.add_argument("--erosions", type=int, default=0, metavar="N",
+                   help="6-connected erosions at the end (default: %(default)s)")  # fmt: skip
+
+    p = sub.add_parser(
+        "combine",
+        help="multi-echo phase -> total field (Hz), spatially unwrapped",
+        description="Scale the phase to radians, fit phi_n = phi0 + 2 pi f TE_n per voxel "
+        "(magnitude-weighted if given), then unwrap the field spatially. Output: total "
+        "field in Hz, 0 outside the mask.",
+    )
+    p.add_argument("--phase", nargs="+", required=True, metavar="PHASE", help="phase per echo")
+    p.add_argument("--magnitude", nargs="+", metavar="MAG", help="magnitude per echo")
+    p.add_argument("--te-s", nargs="+", type=float, required=True, metavar="TE",
+                   help="echo times (s), one per echo, increasing")  # fmt: skip
+    p.add_argument("--mask", required=True, metavar="MASK.nii.gz", help="mask (nonzero = in)")
+    _add_io(p, output_help="total field map (Hz)")
+    p.add_argument("--unwrap", default="laplacian", choices=UNWRAP_METHODS,
+                   help="spatial unwrapping method (default: %(default)s)")  # fmt: skip
+
+    p = sub.add_parser(
+        "unwrap",
+        help="Laplacian phase unwrapping of one phase image (radians)",
+        description="Scale one phase image to radians and unwrap it with the Laplacian "
+        "method. Output: unwrapped phase (rad), 0 outside the mask.",
+    )
+    p.add_argument("--phase", required=True, metavar="PHASE.nii.gz", help="wrapped phase (3-D)")
+    p.add_argument("--mask", metavar="MASK.nii.gz", help="mask (nonzero = in; default all)")
+    _add_io(p, output_help="unwrapped phase (rad)")
+    return parser
+
+
+# --------------------------------------------------------------------------------------------
+# validation before any work (usage errors, exit code 2)
+# --------------------------------------------------------------------------------------------
+def _input_paths(args) -> list[str]:
+    paths = []
+    for name in ("field", "mask", "phase", "magnitude"):
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        paths.extend([value] if isinstance(value, str) else value)
+    return paths
+
+
+def _validate(args) -> None:
+    for path in _input_paths(args):
+        if not Path(path).is_file():
+            raise _UsageError(f"input file not found: {path}")
+    outputs = [args.output] + ([args.mask_out] if getattr(args, "mask_out", None) else [])
+    for out in outputs:
+        if not out.endswith(_NIFTI_SUFFIXES):
+            raise _UsageError(f"output {out} must end in .nii or .nii.gz")
+    if len(set(map(os.path.abspath, outputs))) != len(outputs):
+        raise _UsageError("--output and --mask-out must differ")
+    if args.command == "invert":
+        if args.field_units in ("hz", "rad") and args.b0_tesla is None:
+            raise _UsageError(f"--field-units {args.field_units} needs --b0-tesla")
+        if args.field_units == "rad" and args.te_s is None:
+            raise _UsageError("--field-units rad needs --te-s (the echo time of the phase)")
+        if args.b0_tesla is not None and not args.b0_tesla > 0:
+            raise _UsageError(f"--b0-tesla must be positive, got {args.b0_tesla}")
+        if args.te_s is not None and not 0 < args.te_s <= 1:
+            raise _UsageError(f"--te-s must be in seconds (0 < TE <= 1), got {args.te_s}")
+    if getattr(args, "b0_dir", None) is not None:
+        b = np.asarray(args.b0_dir, float)
+        if not np.all(np.isfinite(b)) or not np.linalg.norm(b) > 0:
+            raise _UsageError(f"--b0-dir must be a non-zero finite vector, got {args.b0_dir}")
+    if args.command == "mask":
+        if not args.magnitude and not args.phase:
+            raise _UsageError("mask needs --magnitude MAG [...] or --phase P [...] --te-s TE [...]")
+        if args.phase and not args.te_s:
+            raise _UsageError("mask --phase needs --te-s (one echo time per echo, in seconds)")
+        if args.erosions < 0:
+            raise _UsageError(f"--erosions must be >= 0, got {args.erosions}")
+    if args.command in ("combine", "mask") and args.phase and args.magnitude:
+        if len(args.magnitude) != len(args.phase):
+            raise _UsageError(f"got {len(args.phase)} --phase files but "
+                              f"{len(args.magnitude)} --magnitude files")  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# loading helpers (runtime errors name the file)
+# --------------------------------------------------------------------------------------------
+def _load3d(path: str) -> tuple[np.ndarray, np.ndarray]:
+    from qsmprep.interfaces import nifti
+
+    data, affine = nifti.load(path)
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise ValueError(f"{path}: expected a 3-D image, got shape {data.shape}")
+    return data, affine
+
+
+def _load_mask(path: str, shape: tuple, affine: np.ndarray, ref: str) -> np.ndarray:
+    data, mask_affine = _load3d(path)
+    if data.shape != tuple(shape):
+        raise ValueError(f"{path}: mask shape {data.shape} does not match {ref} {tuple(shape)}")
+    if not np.allclose(mask_affine, affine, atol=1e-3):
+        raise ValueError(f"{path}: mask affine differs from that of {ref} (different grid)")
+    mask = np.isfinite(data) & (data != 0)
+    if not mask.any():
+        raise ValueError(f"{path}: mask is empty (no nonzero voxel)")
+    return mask
+
+
+def _voxel_size_mm(affine: np.ndarray) -> np.ndarray:
+    """Voxel size (mm) of an affine, rounded to 1e-5 mm.
+
+    NIfTI stores the affine in float32, so an oblique 3 mm grid reads back as 3 +- 3e-7 mm;
+    rounding makes radii that are whole multiples of the voxel size (erosions, SMV spheres)
+    behave the same on oblique and axial grids.
+    """
+    from qsmprep.interfaces import nifti
+
+    return np.round(nifti.geometry(affine)[0], 5)
+
+
+def b0_direction_voxel(affine: np.ndarray, b0_world=None) -> np.ndarray:
+    """Unit B0 direction in voxel axes from a world-frame vector (default world +z).
+
+    ``b_vox = normalize(inv(R) @ b_world)`` with ``R = affine[:3, :3] / column norms``.
+    """
+    from qsmprep.algorithms.kernels import b0_direction_from_affine, voxel_size_from_affine
+
+    if b0_world is None:
+        return b0_direction_from_affine(affine)
+    a = np.asarray(affine, float)
+    rot = a[:3, :3] / voxel_size_from_affine(a)
+    b = np.linalg.solve(rot, np.asarray(b0_world, float))
+    return b / np.linalg.norm(b)
+
+
+# --------------------------------------------------------------------------------------------
+# atomic output
+# --------------------------------------------------------------------------------------------
+def _tmp_name(out: Path) -> Path:
+    suffix = next(s for s in _NIFTI_SUFFIXES if out.name.endswith(s))
+    stem = out.name[: -len(suffix)]
+    return out.with_name(f".{stem}.tmp-{uuid.uuid4().hex[:8]}{suffix}")
+
+
+def _save_all(items: Sequence[tuple[np.ndarray, np.ndarray, str, type]]) -> None:
+    """Save ``(data, affine, path, dtype)`` items to temporary names, then rename them all."""
+    from qsmprep.interfaces import nifti
+
+    done: list[tuple[Path, Path]] = []
+    try:
+        for data, affine, path, dtype in items:
+            out = Path(path)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = _tmp_name(out)
+            done.append((tmp, out))
+            nifti.save(data, affine, tmp, dtype=dtype)
+        for tmp, out in done:
+            os.replace(tmp, out)
+    finally:
+        for tmp, _ in done:
+            tmp.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------------------------
+# subcommands
+# --------------------------------------------------------------------------------------------
+def _run_invert(args) -> None:
+    from qsmprep.algorithms import constants
+    from qsmprep.algorithms.inversion import invert
+
+    field, affine = _load3d(args.field)
+    mask = _load_mask(args.mask, field.shape, affine, args.field)
+    if not np.all(np.isfinite(field[mask])):
+        raise ValueError(f"{args.field}: field has non-finite values inside the mask")
+    if args.field_units == "rad":
+        field = field / (2.0 * np.pi * args.te_s)  # phase of one echo -> Hz
+    if args.field_units in ("hz", "rad"):
+        field = constants.hz_to_ppm(field, b0_tesla=args.b0_tesla)
+    voxel_size_mm = _voxel_size_mm(affine)
+    b0_dir = b0_direction_voxel(affine, args.b0_dir)
+    chi = invert(args.algorithm, np.where(mask, field, 0).astype(np.float32), mask,
+                 voxel_size_mm=voxel_size_mm, b0_direction=b0_dir)  # fmt: skip
+    _save_all([(chi, affine, args.output, np.float32)])
+
+
+def _run_bgremove(args) -> None:
+    from qsmprep.algorithms.background import remove_background
+
+    field, affine = _load3d(args.field)
+    mask = _load_mask(args.mask, field.shape, affine, args.field)
+    if not np.all(np.isfinite(field[mask])):
+        raise ValueError(f"{args.field}: field has non-finite values inside the mask")
+    voxel_size_mm = _voxel_size_mm(affine)
+    local, valid = remove_background(
+        args.algorithm, np.where(mask, field, 0).astype(np.float32), mask,
+        voxel_size_mm=voxel_size_mm, b0_direction=b0_direction_voxel(affine, args.b0_dir),
+    )  # fmt: skip
+    items = [(local, affine, args.output, np.float32)]
+    if args.mask_out:
+        items.append((np.asarray(valid, bool), affine, args.mask_out, np.uint8))
+    _save_all(items)
+
+
+def _load_phase_stack(paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    from qsmprep.algorithms.phase import scale_phase
+    from qsmprep.interfaces import nifti
+
+    stack, affine = nifti.load_stack(paths)
+    try:
+        return scale_phase(stack), affine
+    except ValueError as exc:
+        raise ValueError(f"{paths[0]}: {exc}") from exc
+
+
+def _load_magnitude_stack(paths, shape, affine, ref) -> np.ndarray:
+    from qsmprep.interfaces import nifti
+
+    mag, mag_affine = nifti.load_stack(paths)
+    if mag.shape != tuple(shape):
+        raise ValueError(f"{paths[0]}: magnitude shape {mag.shape} does not match "
+                         f"{ref} {tuple(shape)}")  # fmt: skip
+    if not np.allclose(mag_affine, affine, atol=1e-3):
+        raise ValueError(f"{paths[0]}: magnitude affine differs from that of {ref}")
+    return mag
+
+
+def _check_echo_count(te_s, n_echoes: int, ref: str) -> None:
+    if len(te_s) != n_echoes:
+        raise ValueError(f"{ref}: {n_echoes} echo(es) but {len(te_s)} --te-s value(s)")
+
+
+def _run_mask(args) -> None:
+    from qsmprep.algorithms import masking
+    from qsmprep.interfaces import nifti
+
+    if args.phase:
+        phase, affine = _load_phase_stack(args.phase)
+        _check_echo_count(args.te_s, phase.shape[3], args.phase[0])
+        mag = None
+        if args.magnitude:
+            mag = _load_magnitude_stack(args.magnitude, phase.shape, affine, args.phase[0])
+        mask = masking.mask_from_phase_quality(phase, mag, echo_times_s=args.te_s,
+                                               erosions=args.erosions)  # fmt: skip
+    else:
+        mag, affine = nifti.load_stack(args.magnitude)
+        mask = masking.mask_from_magnitude(mag, erosions=args.erosions)
+    _save_all([(mask, affine, args.output, np.uint8)])
+
+
+def _run_combine(args) -> None:
+    from qsmprep.algorithms.combine import fit_field_linear
+    from qsmprep.algorithms.unwrap import unwrap_field_hz
+
+    phase, affine = _load_phase_stack(args.phase)
+    _check_echo_count(args.te_s, phase.shape[3], args.phase[0])
+    mag = None
+    if args.magnitude:
+        mag = _load_magnitude_stack(args.magnitude, phase.shape, affine, args.phase[0])
+    mask = _load_mask(args.mask, phase.shape[:3], affine, args.phase[0])
+    voxel_size_mm = _voxel_size_mm(affine)
+    fit = fit_field_linear(phase, mag, echo_times_s=args.te_s, mask=mask)
+    field_hz = unwrap_field_hz(
+        fit.field_hz, wrap_period_hz=fit.wrap_period_hz, voxel_size_mm=voxel_size_mm, mask=mask,
+        method=args.unwrap,
+    )  # fmt: skip
+    _save_all([(field_hz, affine, args.output, np.float32)])
+
+
+def _run_unwrap(args) -> None:
+    from qsmprep.algorithms.phase import scale_phase
+    from qsmprep.algorithms.unwrap import unwrap_laplacian
+
+    phase, affine = _load3d(args.phase)
+    mask = None if args.mask is None else _load_mask(args.mask, phase.shape, affine, args.phase)
+    try:
+        phase = scale_phase(phase)
+    except ValueError as exc:
+        raise ValueError(f"{args.phase}: {exc}") from exc
+    voxel_size_mm = _voxel_size_mm(affine)
+    unwrapped = unwrap_laplacian(phase, voxel_size_mm=voxel_size_mm, mask=mask)
+    _save_all([(unwrapped, affine, args.output, np.float32)])
+
+
+_COMMANDS = {
+    "invert": _run_invert,
+    "bgremove": _run_bgremove,
+    "mask": _run_mask,
+    "combine": _run_combine,
+    "unwrap": _run_unwrap,
+}
+
+
+def _fail(message: str, code: int) -> int:
+    lines = str(message).strip().splitlines() or ["unknown error"]
+    print(f"{PROG}: error: {lines[0]}", file=sys.stderr)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point of ``qsmprep-tools``; returns the exit code."""
+    try:
+        args = build_parser().parse_args(argv)
+        _validate(args)
+    except _UsageError as exc:
+        return _fail(str(exc), 2)
+    except SystemExit as exc:  # --help, --version
+        return exc.code if isinstance(exc.code, int) else 0
+    try:
+        _COMMANDS[args.command](args)
+    except (ValueError, OSError) as exc:
+        return _fail(f"{args.command}: {exc}", 1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
