@@ -61,9 +61,14 @@ def _plugin(settings) -> tuple[str, dict]:
     if settings.use_plugin:
         from qsmprep.config import load_plugin_settings
 
-        return load_plugin_settings(settings.use_plugin)
+        plugin, args = load_plugin_settings(settings.use_plugin)
+        if plugin == "MultiProc":
+            args.setdefault("mp_context", "forkserver")
+        return plugin, args
     if settings.nprocs > 1:
-        args = {"n_procs": settings.nprocs, "raise_insufficient": False}
+        # forkserver: forking a parent whose FFT/numba/BLAS thread pools are live can deadlock
+        args = {"n_procs": settings.nprocs, "raise_insufficient": False,
+                "mp_context": "forkserver"}  # fmt: skip
         if settings.mem_gb:
             args["memory_gb"] = settings.mem_gb
         return "MultiProc", args
