@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -113,6 +114,27 @@ def _cleanup_failed(settings, acquisitions) -> list[str]:
     return failed
 
 
+def _quiet_nipype_workers(work_dir: Path, level: str) -> None:
+    """Worker processes re-read nipype's config file: give them ours (log levels)."""
+    cfg_dir = Path(work_dir) / "nipype_config"
+    cfg_dir.mkdir(parents=True, exist_ok=True)
+    (cfg_dir / "nipype.cfg").write_text(
+        f"[logging]\nworkflow_level = {level}\ninterface_level = {level}\n"
+        f"utils_level = {level}\n[monitoring]\nenabled = false\n"
+    )
+    os.environ["NIPYPE_CONFIG_DIR"] = str(cfg_dir)
+
+
+def _crash_reason(log_dir: Path) -> str:
+    """The last exception line of the newest crash file in ``log_dir``."""
+    crashes = sorted(log_dir.glob("crash-*.txt"), key=lambda p: p.stat().st_mtime)
+    if not crashes:
+        return "no crash file was written"
+    lines = [ln.strip() for ln in crashes[-1].read_text(errors="replace").splitlines()]
+    errors = [ln for ln in lines if re.match(r"^[A-Za-z_.]*(Error|Exception): ", ln)]
+    return errors[-1] if errors else "see the crash file"
+
+
 def run_participant(settings) -> int:
     """Run the participant level; return the process exit code."""
     from qsmprep.interfaces.bids import BIDSInputError, check_acquisition_advice
@@ -144,6 +166,7 @@ def run_participant(settings) -> int:
     write_dataset_description(out)
     work_dir = Path(settings.work_dir or (out.parent / "work"))
     level = "INFO" if settings.verbose else "WARNING"
+    _quiet_nipype_workers(work_dir, level)
     ncfg.update_config({"execution": {"stop_on_first_crash": False, "hash_method": "content",
                                       "remove_unnecessary_outputs": True},
                         "logging": {"workflow_level": level, "interface_level": level,
@@ -162,11 +185,12 @@ def run_participant(settings) -> int:
     try:
         workflow.run(plugin=plugin, plugin_args=plugin_args)
     except Exception as exc:  # nipype raises RuntimeError listing crashed nodes
-        LOGGER.error("some nodes crashed: %s", str(exc).splitlines()[0] if str(exc) else exc)
+        LOGGER.debug("nipype reported crashed nodes: %s", exc)
     failed = _cleanup_failed(settings, acquisitions)
     for name in failed:
-        print(f"qsmprep: error: {name} failed; crash files are in "
-              f"{out / ('sub-' + name.split('_')[0][4:]) / 'log'}", file=sys.stderr)  # fmt: skip
+        log_dir = out / name.split("_")[0] / "log"
+        print(f"qsmprep: error: {name} failed: {_crash_reason(log_dir)} "
+              f"(crash files in {log_dir})", file=sys.stderr)  # fmt: skip
     done = len(acquisitions) - len(failed)
     print(f"qsmprep: {done}/{len(acquisitions)} acquisition(s) finished; outputs in {out}")
     return 1 if (failed or errors) else 0
