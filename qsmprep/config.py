@@ -53,7 +53,7 @@ __all__ = [
 #: BIDS-Apps analysis levels.
 ANALYSIS_LEVELS: tuple[str, ...] = ("participant", "group")
 #: Brain-mask methods.
-MASKING_CHOICES: tuple[str, ...] = ("magnitude", "phase-quality")
+MASKING_CHOICES: tuple[str, ...] = ("magnitude", "phase-quality", "bet", "consensus")
 #: Multi-echo combination into a total field.
 COMBINATION_CHOICES: tuple[str, ...] = ("linear-fit",)
 #: Phase-unwrapping methods.
@@ -61,7 +61,9 @@ UNWRAPPING_CHOICES: tuple[str, ...] = ("laplacian",)
 #: Background-field-removal methods.
 BFR_CHOICES: tuple[str, ...] = ("resharp", "vsharp", "sharp", "ismv", "pdf", "lbv")
 #: Dipole-inversion methods.
-INVERSION_CHOICES: tuple[str, ...] = ("tv", "rts", "tkd", "tsvd", "tikhonov", "isqsm")
+INVERSION_CHOICES: tuple[str, ...] = (
+    "tv", "rts", "tkd", "tsvd", "tikhonov", "isqsm", "ilsqr", "star", "medi", "nltv", "ndi",
+)  # fmt: skip
 #: Susceptibility reference regions (``none`` keeps the inversion's own offset).
 REFERENCE_CHOICES: tuple[str, ...] = ("brain", "none")
 #: Allowed phase-sign conventions (+1: the documented default, -1: flip the phase).
@@ -70,7 +72,9 @@ PHASE_SIGNS: tuple[int, ...] = (1, -1)
 #: Largest magnitude of the dipole kernel D(k) = 1/3 - kz^2/k^2 (reached along B0).
 _MAX_ABS_DIPOLE = 2.0 / 3.0
 _LABEL_RE = re.compile(r"[0-9A-Za-z]+")
-_PATH_FIELDS = ("bids_dir", "output_dir", "work_dir", "use_plugin", "bids_filter_file")
+_PATH_FIELDS = (
+    "bids_dir", "output_dir", "work_dir", "use_plugin", "bids_filter_file", "brain_mask_dir",
+)  # fmt: skip
 _FLOAT_FIELDS = (
     "mem_gb",
     "b0_tesla",
@@ -135,6 +139,9 @@ class Settings:
         Largest and smallest V-SHARP kernel radii in mm (None: one voxel).
     mask_erosions : int
         Number of erosions (in voxels) applied to the brain mask.
+    brain_mask_dir : Path or None
+        A BIDS derivatives folder with a ``<prefix>_desc-brain_mask.nii[.gz]`` per acquisition,
+        used instead of computing masks.
     """
 
     bids_dir: Path
@@ -163,6 +170,7 @@ class Settings:
     vsharp_max_radius_mm: float = 12.0
     vsharp_min_radius_mm: float | None = None
     mask_erosions: int = 0
+    brain_mask_dir: Path | None = None
 
     def __post_init__(self) -> None:
         self._normalize()

@@ -109,18 +109,21 @@ def make_head_phantom(
     fov = np.array(shape) * np.asarray(voxel_size_mm, dtype=float)
     head_semi = 0.45 * fov
     brain_semi = head_semi * np.array([0.80, 0.82, 0.78])
+    centre = (0, 0, 0.05 * brain_semi[2])
     head = _ellipsoid(grid, (0, 0, 0), head_semi)
+    # the air sinus stays outside a bony wall around the inner skull (as in a real head)
     sinus = _ellipsoid(grid, (0, 0.55 * head_semi[1], -0.55 * head_semi[2]), 0.14 * head_semi)
+    sinus &= ~_ellipsoid(grid, centre, brain_semi * 1.12)
     head &= ~sinus
-    brain = _ellipsoid(grid, (0, 0, 0.05 * brain_semi[2]), brain_semi)
-    wm = _ellipsoid(grid, (0, 0, 0.05 * brain_semi[2]), brain_semi * 0.82)
+    brain = _ellipsoid(grid, centre, brain_semi)
+    wm = _ellipsoid(grid, centre, brain_semi * 0.82)
     names = list(TISSUES)
     labels = np.zeros(shape, dtype=np.int16)
 
     def put(region, name):
         labels[region] = names.index(name) + 1
 
-    inner_skull = _ellipsoid(grid, (0, 0, 0.05 * brain_semi[2]), brain_semi * 1.05)
+    inner_skull = _ellipsoid(grid, centre, brain_semi * 1.05)
     put(head, "scalp")
     put(_ellipsoid(grid, (0, 0, 0), head_semi * 0.92) & head, "skull")
     put(inner_skull & head, "csf")

@@ -41,7 +41,7 @@ __all__ = ["build_parser", "parse_args"]
 _DEFAULTS = {
     f.name: f.default for f in dataclasses.fields(Settings) if f.default is not dataclasses.MISSING
 }
-_PATH_KEYS = ("bids_dir", "output_dir", "work_dir", "use_plugin", "bids_filter_file")
+_PATH_KEYS = ("bids_dir", "output_dir", "work_dir", "use_plugin", "bids_filter_file", "brain_mask_dir")
 _MEMORY_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]?)b?\s*$", re.IGNORECASE)
 _MEMORY_SCALE_TO_GB = {"": 1.0, "k": 1e-6, "m": 1e-3, "g": 1.0, "t": 1e3}
 
@@ -293,6 +293,15 @@ def _add_stage_options(parser: argparse.ArgumentParser) -> None:
         type=_nonnegative_int,
         metavar="N",
         help=f"erode the brain mask by N voxels (default: {_DEFAULTS['mask_erosions']})",
+    )
+    group.add_argument(
+        "--brain-mask-dir",
+        dest="brain_mask_dir",
+        type=Path,
+        metavar="DIR",
+        help="use your own masks: a BIDS derivatives folder holding "
+        "sub-X/[ses-Y/]anat/<prefix>_desc-brain_mask.nii[.gz] for every acquisition "
+        "(overrides --masking)",
     )
 
 

@@ -114,6 +114,28 @@ def _cleanup_failed(settings, acquisitions) -> list[str]:
     return failed
 
 
+def _with_user_masks(mask_dir, acquisitions, errors: list) -> list:
+    """Keep acquisitions whose user mask exists and matches their grid; report the others."""
+    import nibabel as nb
+
+    from qsmprep.interfaces.bids import BIDSInputError, find_user_mask
+
+    kept = []
+    for acq in acquisitions:
+        try:
+            path = find_user_mask(mask_dir, acq)
+            shape = nb.load(path).shape[:3]
+            if tuple(shape) != tuple(acq.shape[:3]):
+                raise BIDSInputError(f"{path}: mask shape {shape} differs from the data "
+                                     f"{tuple(acq.shape[:3])}")  # fmt: skip
+        except BIDSInputError as exc:
+            print(f"qsmprep: error: {exc}", file=sys.stderr)
+            errors.append(str(exc))
+            continue
+        kept.append(acq)
+    return kept
+
+
 def _quiet_nipype_workers(work_dir: Path, level: str) -> None:
     """Worker processes re-read nipype's config file: give them ours (log levels)."""
     cfg_dir = Path(work_dir) / "nipype_config"
@@ -151,6 +173,10 @@ def run_participant(settings) -> int:
             if errors
             else _fail(f"no MEGRE/T2starw phase data found in {settings.bids_dir}")
         )
+    if settings.brain_mask_dir:
+        acquisitions = _with_user_masks(settings.brain_mask_dir, acquisitions, errors)
+        if not acquisitions:
+            return _fail("no acquisition has a usable mask in --brain-mask-dir")
     for acq in acquisitions:
         for warning in check_acquisition_advice(acq):
             LOGGER.warning("%s: %s", acq.name, warning)

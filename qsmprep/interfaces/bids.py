@@ -639,3 +639,32 @@ def check_acquisition_advice(acq: Acquisition) -> list[str]:
             shown = " x ".join(f"{v:.3g}" for v in acq.voxel_size_mm)
             warnings.append(f"voxels are {shown} mm; {_CONSENSUS} isotropic voxels of at most 1 mm")
     return warnings
+
+
+def find_user_mask(mask_dir: str | os.PathLike[str], acq: Acquisition) -> str:
+    """The user's brain mask for ``acq`` in a BIDS derivatives folder.
+
+    Looks for ``sub-X/[ses-Y/]anat/<acq.name>[_<other entities>]_desc-brain_mask.nii[.gz]``
+    (``_mask`` with ``desc-brain`` anywhere in the name is accepted too).
+
+    Raises
+    ------
+    BIDSInputError
+        If none or several candidates are found, naming the folder searched.
+    """
+    root = Path(mask_dir)
+    anat = root / f"sub-{acq.subject}"
+    if acq.session:
+        anat = anat / f"ses-{acq.session}"
+    anat = anat / "anat"
+    found = sorted(
+        p for p in anat.glob(f"{acq.name}_*mask.nii*")
+        if "desc-brain" in p.name and p.name.endswith((".nii", ".nii.gz"))
+    )  # fmt: skip
+    if len(found) != 1:
+        what = "no" if not found else f"{len(found)} candidate"
+        raise BIDSInputError(
+            f"{what} brain mask for {acq.name} in {anat} "
+            f"(expected {acq.name}_desc-brain_mask.nii.gz)"
+        )
+    return str(found[0])

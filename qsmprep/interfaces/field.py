@@ -97,18 +97,57 @@ class BrainMask(SimpleInterface):
         method = self.inputs.method
         if method == "magnitude" and mag is None:
             method = "phase-quality"  # phase-only acquisition
+        if method in ("bet", "consensus") and mag is None:
+            raise ValueError(f"{self.inputs.phase}: --masking {method} needs magnitude images")
         if method == "magnitude":
             mask = masking.mask_from_magnitude(mag, erosions=self.inputs.erosions)
         elif method == "phase-quality":
             mask = masking.mask_from_phase_quality(
                 phase, mag, echo_times_s=self.inputs.echo_times_s
             )
+        elif method == "bet":
+            mask = _bet(mag, affine, erosions=self.inputs.erosions)
+        elif method == "consensus":
+            mask = masking.consensus_mask(
+                _bet(mag, affine, erosions=0), phase, mag, echo_times_s=self.inputs.echo_times_s,
+                erosions=self.inputs.erosions,
+            )  # fmt: skip
         else:
             raise ValueError(f"unknown masking method {method!r}")
         if not mask.any():
             raise ValueError(f"{self.inputs.phase}: the brain mask is empty")
         self._results["out_file"] = nifti.save(mask, affine, _out(runtime, "mask.nii.gz"))
         return runtime
+
+
+def _bet(magnitude, affine, *, erosions: int = 0):
+    """BET-class brain extraction (the ``brainextractor`` package) of the first echo."""
+    import contextlib
+    import io
+
+    import numpy as np
+
+    try:
+        from brainextractor import BrainExtractor
+    except ImportError as exc:
+        raise ValueError(
+            "--masking bet/consensus needs the optional extra: pip install 'qsmprep[bet]'"
+        ) from exc
+    import nibabel as nb
+
+    from qsmprep.algorithms.masking import combined_magnitude
+
+    first = magnitude[..., 0] if magnitude.ndim == 4 else combined_magnitude(magnitude)
+    img = nb.Nifti1Image(np.asarray(first, dtype=np.float32), affine)
+    with contextlib.redirect_stdout(io.StringIO()):
+        extractor = BrainExtractor(img)
+        extractor.run()
+        mask = extractor.compute_mask() > 0
+    if erosions:
+        from scipy import ndimage
+
+        mask = ndimage.binary_erosion(mask, iterations=int(erosions))
+    return mask
 
 
 class _CombineInputSpec(BaseInterfaceInputSpec):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 import re
 from pathlib import Path
 
@@ -11,7 +12,8 @@ from nipype.pipeline import engine as pe
 
 from qsmprep.__about__ import __version__
 from qsmprep.algorithms.background import BFR_METHODS
-from qsmprep.algorithms.inversion import INVERSION_METHODS
+from qsmprep.algorithms.constants import GAMMA_BAR_HZ_PER_T
+from qsmprep.algorithms.inversion import INVERSION_METHODS, USES_MAGNITUDE
 from qsmprep.interfaces.field import R2starMapping
 from qsmprep.workflows.field import init_field_wf
 from qsmprep.workflows.outputs import OUTPUTS, init_derivatives_wf
@@ -53,6 +55,11 @@ def init_qsmprep_wf(settings, acquisitions, *, work_dir: str | Path) -> pe.Workf
     workflow = pe.Workflow(name=f"qsmprep_{__version__.replace('.', '_')}_wf",
                            base_dir=str(work_dir))  # fmt: skip
     bfr_params, inv_params = stage_parameters(settings)
+    user_masks = {}
+    if settings.brain_mask_dir:
+        from qsmprep.interfaces.bids import find_user_mask
+
+        user_masks = {a.name: find_user_mask(settings.brain_mask_dir, a) for a in acquisitions}
     for acq in acquisitions:
         wf = init_single_acquisition_wf(
             acq,
@@ -69,6 +76,7 @@ def init_qsmprep_wf(settings, acquisitions, *, work_dir: str | Path) -> pe.Workf
             inversion_params=inv_params,
             reference=settings.reference,
             omp_nthreads=settings.omp_nthreads,
+            user_mask=user_masks.get(acq.name),
         )
         log_dir = Path(settings.output_dir) / f"sub-{acq.subject}" / "log"
         _set_crashdump_dir(wf, log_dir)
@@ -103,6 +111,7 @@ def init_single_acquisition_wf(
     reference: str = "brain",
     omp_nthreads: int = 1,
     n_voxels: int = 256**3,
+    user_mask: str | None = None,
     name: str | None = None,
 ) -> pe.Workflow:
     """Raw MEGRE phase (+ magnitude) of one acquisition -> derivatives."""
@@ -117,8 +126,12 @@ def init_single_acquisition_wf(
     field_wf = init_field_wf(
         echo_times_s=echo_times, has_magnitude=has_mag, phase_units=acq.phase_units,
         phase_sign=phase_sign, masking=masking, mask_erosions=mask_erosions,
-        combination=combination, unwrapping=unwrapping, mem_gb=mem_gb,
+        combination=combination, unwrapping=unwrapping, mem_gb=mem_gb, user_mask=user_mask,
     )  # fmt: skip
+    if inversion in USES_MAGNITUDE:  # nonlinear data terms: phase (rad) per ppm at mean TE
+        inversion_params = {"phase_scale_rad_per_ppm": 2 * math.pi * GAMMA_BAR_HZ_PER_T
+                            * acq.b0_tesla * 1e-6 * float(sum(echo_times) / len(echo_times)),
+                            **(inversion_params or {})}  # fmt: skip
     qsm_wf = init_qsm_wf(
         b0_tesla=acq.b0_tesla, bfr=bfr, bfr_params=bfr_params, inversion=inversion,
         inversion_params=inversion_params, reference=reference, mem_gb=mem_gb,
@@ -128,7 +141,7 @@ def init_single_acquisition_wf(
         "EchoTime": echo_times,
         "MagneticFieldStrength": acq.b0_tesla,
         "PhaseSign": phase_sign,
-        "EstimationAlgorithm": f"{masking} mask, {combination} echo combination, {unwrapping} "
+        "EstimationAlgorithm": f"{'user' if user_mask else masking} mask, {combination} echo combination, {unwrapping} "
         f"unwrapping, {bfr} background removal, {inversion} dipole inversion",
         "ReferenceRegion": reference,
         "EstimationReference": [METHOD_DOIS[m] for m in (bfr, inversion) if m in METHOD_DOIS],

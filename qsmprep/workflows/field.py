@@ -17,6 +17,10 @@ MASKING_DESC = {
     "magnitude": "a robust (Otsu) threshold of the first-echo magnitude, keeping the largest "
     "connected component and filling holes",
     "phase-quality": "thresholding a local phase-coherence quality map of the multi-echo phase",
+    "bet": "BET-class surface-model brain extraction [Smith 2002] of the first-echo magnitude "
+    "(brainextractor)",
+    "consensus": "BET-class brain extraction [Smith 2002] intersected with a phase-quality mask "
+    "(local phase coherence > 0.5), as the 2024 QSM consensus recommends",
 }
 COMBINATION_DESC = {
     "linear-fit": "a weighted least-squares fit of the temporally unwrapped phase over echo "
@@ -39,20 +43,24 @@ def init_field_wf(
     combination: str = "linear-fit",
     unwrapping: str = "laplacian",
     mem_gb: float = 1.0,
+    user_mask: str | None = None,
     name: str = "field_wf",
 ) -> pe.Workflow:
     """Estimate the total field (Hz) and a brain mask from multi-echo phase (+ magnitude).
 
     Inputs: ``phase_files``, ``magnitude_files`` (echo order = ``echo_times_s``).
     Outputs: ``phase_rad`` (4-D), ``magnitude`` (4-D, if any), ``mask``, ``total_field_hz``,
-    ``fit_residual``.
+    ``fit_residual``. ``user_mask``: a mask file used instead of computing one.
     """
     workflow = pe.Workflow(name=name)
     mask_method = masking if has_magnitude else "phase-quality"
+    mask_desc = (
+        f"the user-supplied mask {user_mask}" if user_mask else MASKING_DESC[mask_method]
+    )
     workflow.__desc__ = (
         f"Phase images ({len(echo_times_s)} echo(es), TE = "
         f"{', '.join(f'{t * 1e3:.2f}' for t in echo_times_s)} ms) were scaled to radians from "
-        f"their stored range. A brain mask was obtained by {MASKING_DESC[mask_method]}. "
+        f"their stored range. A brain mask was obtained by {mask_desc}. "
         + (
             f"Echoes were combined into a frequency map by {COMBINATION_DESC[combination]}, "
             if len(echo_times_s) > 1
@@ -70,10 +78,16 @@ def init_field_wf(
     )
     phase_scaling = pe.Node(PhaseScaling(units=phase_units, sign=phase_sign),
                             name="phase_scaling", mem_gb=mem_gb)  # fmt: skip
-    brain_mask = pe.Node(
-        BrainMask(echo_times_s=list(echo_times_s), method=mask_method, erosions=mask_erosions),
-        name="brain_mask", mem_gb=mem_gb,
-    )  # fmt: skip
+    if user_mask:
+        brain_mask = pe.Node(niu.IdentityInterface(fields=["out_file", "phase"]),
+                             name="brain_mask")  # fmt: skip
+        brain_mask.inputs.out_file = user_mask
+    else:
+        brain_mask = pe.Node(
+            BrainMask(echo_times_s=list(echo_times_s), method=mask_method,
+                      erosions=mask_erosions),
+            name="brain_mask", mem_gb=mem_gb,
+        )  # fmt: skip
     combine = pe.Node(EchoCombination(echo_times_s=list(echo_times_s), method=combination),
                       name="echo_combination", mem_gb=mem_gb)  # fmt: skip
     unwrap = pe.Node(PhaseUnwrapping(method=unwrapping), name="unwrap", mem_gb=mem_gb)
@@ -91,9 +105,10 @@ def init_field_wf(
     ])  # fmt: skip
     if has_magnitude:
         stack = pe.Node(StackEchoes(), name="magnitude_stack", mem_gb=mem_gb)
+        if not user_mask:
+            workflow.connect(stack, "out_file", brain_mask, "magnitude")
         workflow.connect([
             (inputnode, stack, [("magnitude_files", "in_files")]),
-            (stack, brain_mask, [("out_file", "magnitude")]),
             (stack, combine, [("out_file", "magnitude")]),
             (stack, outputnode, [("out_file", "magnitude")]),
         ])  # fmt: skip

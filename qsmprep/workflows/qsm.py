@@ -5,6 +5,7 @@ from __future__ import annotations
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
+from qsmprep.algorithms.inversion import USES_MAGNITUDE
 from qsmprep.interfaces.qsm import BackgroundRemoval, DipoleInversion, Referencing
 
 BFR_DESC = {
@@ -23,6 +24,11 @@ INVERSION_DESC = {
     "tv": "total-variation regularised inversion solved by ADMM [Bilgic 2014]",
     "isqsm": "incomplete-spectrum QSM [Fuchs & Shmueli 2023]",
     "ilsqr": "iterative LSQR (iLSQR) [Li 2015]",
+    "star": "streaking artifact reduction QSM (STAR-QSM) [Wei 2015]",
+    "medi": "morphology-enabled dipole inversion (MEDI-L1, nonlinear data term, magnitude edges) "
+    "[Liu 2011, 2013]",
+    "nltv": "nonlinear total-variation inversion (FANSI) [Milovic 2018]",
+    "ndi": "nonlinear dipole inversion (NDI) [Polak 2020]",
 }
 #: DOIs recorded as EstimationReference in the sidecars.
 METHOD_DOIS = {
@@ -36,6 +42,11 @@ METHOD_DOIS = {
     "rts": "doi:10.1016/j.neuroimage.2017.11.018",
     "tv": "doi:10.1002/mrm.25029",
     "isqsm": "doi:10.3389/fnins.2023.1130524",
+    "ilsqr": "doi:10.1016/j.neuroimage.2014.11.038",
+    "star": "doi:10.1002/nbm.3383",
+    "medi": "doi:10.1002/mrm.22816",
+    "nltv": "doi:10.1002/mrm.27073",
+    "ndi": "doi:10.1002/nbm.4271",
 }
 REFERENCE_DESC = {"brain": "the mean susceptibility of the whole brain mask", "none": "no region"}
 
@@ -75,6 +86,8 @@ def init_qsm_wf(
         name="dipole_inversion", mem_gb=mem_gb, n_procs=n_procs,
     )  # fmt: skip
     referencing = pe.Node(Referencing(reference=reference), name="referencing", mem_gb=mem_gb)
+    if inversion in USES_MAGNITUDE:
+        workflow.connect(inputnode, "magnitude", dipole_inversion, "magnitude")
     workflow.connect([
         (inputnode, bg_removal, [("total_field_hz", "field_hz"), ("mask", "mask")]),
         (bg_removal, dipole_inversion, [("out_file", "field_hz"), ("out_mask", "mask")]),

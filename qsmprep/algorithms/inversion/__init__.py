@@ -14,6 +14,11 @@ tikhonov   ``min ||D X - F||^2 + lambda ||grad x||^2``, closed    2
 rts        LSMR on ``D``, then TV fill of the ``|D| < 0.15`` cone  3 + 2 per iteration (<= 43)
 tv         ``min ||D X - F||^2 / 2 + lambda TV(x)``, ADMM           2 + 2 per iteration (<= 202)
 isqsm      band-limited fit with support constraint, CG            2 + 2 per iteration (<= 62)
+ilsqr      early-stopped weighted LSQR minus LSMR-estimated cone streaks  9 + 4 per iteration (<= 409)
+star       strong L1 on chi (big sources), then weak TV on the rest        4 + 2 per iteration (<= 404)
+medi       MEDI: nonlinear data term, magnitude-edge-weighted TV, GN+CG    4 per GN step + 4 per CG (<= 1240)
+nltv       nonlinear data term + TV, ADMM (FANSI)                          4 per iteration (<= 399)
+ndi        nonlinear data term + Tikhonov, gradient descent                2 per iteration + 1 (<= 401)
 =========  =====================================================  ==========================
 """
 
@@ -25,8 +30,12 @@ import numpy as np
 import numpy.typing as npt
 
 from qsmprep.algorithms.inversion.direct import tikhonov, tkd, tsvd
+from qsmprep.algorithms.inversion.ilsqr import ilsqr
 from qsmprep.algorithms.inversion.incomplete_spectrum import isqsm
+from qsmprep.algorithms.inversion.medi import medi
+from qsmprep.algorithms.inversion.nonlinear import ndi, nltv
 from qsmprep.algorithms.inversion.rapid_two_step import rts
+from qsmprep.algorithms.inversion.star import star
 from qsmprep.algorithms.inversion.total_variation import tv
 
 #: Registry of dipole inversion methods by name.
@@ -37,7 +46,15 @@ INVERSION_METHODS: dict[str, Callable[..., np.ndarray]] = {
     "rts": rts,
     "tv": tv,
     "isqsm": isqsm,
+    "ilsqr": ilsqr,
+    "star": star,
+    "medi": medi,
+    "nltv": nltv,
+    "ndi": ndi,
 }
+
+#: Methods whose data term uses the magnitude (weights, edges) and the phase scale.
+USES_MAGNITUDE = ("medi", "nltv", "ndi")
 
 #: The pipeline's default: most accurate on every simulated case, including those its
 #: parameters were not tuned on (``benchmarks/inversion_accuracy.py``).

@@ -72,9 +72,7 @@ def data_weights(
         if sd.ndim == 0:
             sd = np.full(p.full_shape, float(sd))
         if sd.shape != p.full_shape:
-            raise ValueError(
-                f"noise_std must be a scalar or shaped {p.full_shape}, got {sd.shape}"
-            )
+            raise ValueError(f"noise_std must be a scalar or shaped {p.full_shape}, got {sd.shape}")
         sd_box = _as_box(p, np.where(np.isfinite(sd), sd, 0.0))
         if not np.all(sd_box[m] > 0):
             raise ValueError("noise_std must be positive and finite inside the mask")
@@ -222,7 +220,7 @@ def ndi(
     regularization: float = 1e-3,
     step: float = 2.0,
     phase_scale_rad_per_ppm: float = DEFAULT_PHASE_SCALE,
-    tol: float = 1e-2,
+    tol: float = 1e-3,
     max_iterations: int = 200,
     pad_factor: float = _common.PAD_FACTOR,
     workers: int | None = -1,
@@ -247,7 +245,7 @@ def ndi(
     step : gradient step ``tau`` (2.0; must be < 4.5 for stability).
     phase_scale_rad_per_ppm : ``s = 2 pi gamma_bar B0 TE 1e-6`` (rad/ppm); default 3 T,
         TE 20 ms (16.05). Pass the real value when known.
-    tol : stop when ``||chi_k - chi_{k-1}|| < tol ||chi_k||`` (1e-2).
+    tol : stop when ``||chi_k - chi_{k-1}|| < tol ||chi_k||`` (1e-3).
     max_iterations : at most this many iterations (200).
 
     Returns
