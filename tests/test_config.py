@@ -47,8 +47,8 @@ def test_frozen():
 @pytest.mark.parametrize(
     ("changes", "match"),
     [
-        ({"inversion": "medi"}, "inversion must be one of tv, rts, tkd"),
-        ({"masking": "bet"}, "masking must be one of"),
+        ({"inversion": "chisep"}, "inversion must be one of tv, rts, tkd"),
+        ({"masking": "synthstrip"}, "masking must be one of"),
         ({"reference": "csf"}, "reference must be one of"),
         ({"analysis_level": "session"}, "analysis_level must be one of"),
         ({"phase_sign": 0}, "phase_sign must be 1 or -1"),

@@ -69,7 +69,8 @@ def fit_field_nonlinear(
     max_iterations : int
         Gauss-Newton iterations at most (MEDI: 30).
     tol : float
-        Stop when ``||delta f||_2 <= tol ||f||_2`` over the fitted voxels (MEDI: 1e-4).
+        A voxel stops iterating when its step changes the modelled phase by less than
+        ``tol`` rad at every echo (``|dphi0| + |dw| max|t_n| <= tol``).
     noise_sigma : float, optional
         Noise standard deviation of the complex signal per real channel (magnitude units).
         Estimated from the fit residuals if omitted (see Notes).
@@ -123,24 +124,27 @@ def fit_field_nonlinear(
     det = a11 * a22 - a12**2
     ok = det > 1e-12 * np.maximum(a11 * a22, np.finfo(float).tiny)
     det = np.where(ok, det, 1.0)
+    active = np.flatnonzero(ok)
+    reach = float(np.max(np.abs(t)))  # phase change at the extreme echoes per rad/s of dw
     for _ in range(int(max_iterations)):
-        model = amp * np.exp(1j * (p0[:, None] + w[:, None] * t))
-        proj = np.conj(1j * model) * (sig - model)
-        b0, b1 = np.real(proj.sum(axis=1)), np.real((proj * t).sum(axis=1))
-        d0 = np.where(ok, (a22 * b0 - a12 * b1) / det, 0.0)
-        dw = np.where(ok, (a11 * b1 - a12 * b0) / det, 0.0)
-        p0 += d0
-        w += dw
-        if np.linalg.norm(dw) <= tol * max(np.linalg.norm(w), 1e-12):
+        if active.size == 0:
             break
+        a, tt = amp[active], t
+        model = a * np.exp(1j * (p0[active, None] + w[active, None] * tt))
+        proj = np.conj(1j * model) * (sig[active] - model)
+        b0, b1 = np.real(proj.sum(axis=1)), np.real((proj * tt).sum(axis=1))
+        dt = det[active]
+        d0 = (a22[active] * b0 - a12[active] * b1) / dt
+        dw = (a11[active] * b1 - a12[active] * b0) / dt
+        p0[active] += d0
+        w[active] += dw
+        active = active[np.abs(dw) * reach + np.abs(d0) > tol]
     res = sig - amp * np.exp(1j * (p0[:, None] + w[:, None] * t))
     sq = np.sum(np.abs(res) ** 2, axis=1)
     energy = np.sum(amp**2, axis=1)
     if noise_sigma is None:
         dof = tes.size - 2
-        noise_sigma = (
-            float(np.sqrt(np.median(sq) / stats.chi2.median(dof))) if dof > 0 else 1.0
-        )
+        noise_sigma = float(np.sqrt(np.median(sq) / stats.chi2.median(dof))) if dof > 0 else 1.0
     inv_ww = np.where(ok, a11 / det, np.inf)
     shape = phase.shape[:3]
     maps = [np.zeros(shape, np.float32) for _ in range(4)]
@@ -168,7 +172,7 @@ def mcpc3ds_offset(
     *,
     echo_times_s: Sequence[float],
     voxel_size_mm: Sequence[float],
-    sigma_mm: float | Sequence[float] = 20.0,
+    sigma_mm: float | Sequence[float] = 10.0,
     mask: npt.ArrayLike | None = None,
 ) -> np.ndarray:
     """Estimate the phase offset ``phi0`` (rad) from echoes 1 and 2 (MCPC-3D-S).
@@ -281,6 +285,7 @@ def estimate_bipolar_offset(
         hi = tuple(slice(1, None) if a == axis else slice(None) for a in range(3))
         grad[axis] = -0.5 * np.angle(np.sum(q[hi] * np.conj(q[lo])))  # rad / voxel
     coords = np.indices(phase.shape[:3], dtype=np.float64)
+    coords -= ((np.asarray(phase.shape[:3], dtype=np.float64) - 1.0) / 2.0)[:, None, None, None]
     ramp = np.tensordot(grad, coords, axes=1)
     const = -0.5 * np.angle(np.sum(q * np.exp(2j * ramp)))  # principal value, |c| <= pi/2
     return (const + ramp).astype(np.float32)
@@ -314,10 +319,11 @@ def correct_bipolar(
     Notes
     -----
     Model: ``phi_n(x) = phi0(x) + 2 pi f(x) TE_n + [n even] beta(x)`` with
-    ``beta(x) = c + g . x`` (``x`` in voxel indices): readouts of alternating polarity shift
-    the echo centre in k-space, a linear phase along the readout (and a constant from the
-    gradient delays) that alternates between odd and even echoes. With equal spacing of the
-    first three echoes the second difference ``phi_1 - 2 phi_2 + phi_3 = -2 beta`` cancels
+    ``beta(x) = c + g . x`` (``x`` in voxels from the grid centre): readouts of
+    alternating polarity shift the echo centre in k-space, a linear phase along the
+    readout (and a constant from gradient delays) that alternates between odd and even
+    echoes. With equal spacing of the first three echoes the second difference
+    ``phi_1 - 2 phi_2 + phi_3 = -2 beta`` cancels
     the field and ``phi0`` exactly. From ``q = w exp(i (phi_1 - 2 phi_2 + phi_3))``,
     ``w = m_1 m_2**2 m_3``: ``g_a = -angle(sum q(x + e_a) conj(q(x))) / 2`` per axis (needs
     ``|g_a| < pi / 2`` rad/voxel) and ``c = -angle(sum q exp(2 i g . x)) / 2``. ``c`` is only

@@ -41,7 +41,9 @@ __all__ = ["build_parser", "parse_args"]
 _DEFAULTS = {
     f.name: f.default for f in dataclasses.fields(Settings) if f.default is not dataclasses.MISSING
 }
-_PATH_KEYS = ("bids_dir", "output_dir", "work_dir", "use_plugin", "bids_filter_file", "brain_mask_dir")
+_PATH_KEYS = (
+    "bids_dir", "output_dir", "work_dir", "use_plugin", "bids_filter_file", "brain_mask_dir",
+)  # fmt: skip
 _MEMORY_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]?)b?\s*$", re.IGNORECASE)
 _MEMORY_SCALE_TO_GB = {"": 1.0, "k": 1e-6, "m": 1e-3, "g": 1.0, "t": 1e3}
 

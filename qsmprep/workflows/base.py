@@ -141,7 +141,8 @@ def init_single_acquisition_wf(
         "EchoTime": echo_times,
         "MagneticFieldStrength": acq.b0_tesla,
         "PhaseSign": phase_sign,
-        "EstimationAlgorithm": f"{'user' if user_mask else masking} mask, {combination} echo combination, {unwrapping} "
+        "EstimationAlgorithm": f"{'user' if user_mask else masking} mask, {combination} echo "
+        f"combination, {unwrapping} "
         f"unwrapping, {bfr} background removal, {inversion} dipole inversion",
         "ReferenceRegion": reference,
         "EstimationReference": [METHOD_DOIS[m] for m in (bfr, inversion) if m in METHOD_DOIS],

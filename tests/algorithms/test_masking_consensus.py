@@ -1,6 +1,5 @@
 """The consensus mask: brain extraction AND phase quality."""
 
-import numpy as np
 import pytest
 
 from qsmprep.algorithms import masking, simulate

@@ -177,7 +177,7 @@ def test_config_file_alone_fills_settings(dirs, tmp_path):
     [
         ("inversion = [", "invalid TOML"),
         ('inverson = "tkd"', "unknown settings key(s): inverson"),
-        ('inversion = "medi"', "inversion must be one of"),
+        ('inversion = "chisep"', "inversion must be one of"),
     ],
 )
 def test_bad_config_file_exits_2(dirs, tmp_path, content, message, capsys):

@@ -14,11 +14,11 @@ tikhonov   ``min ||D X - F||^2 + lambda ||grad x||^2``, closed    2
 rts        LSMR on ``D``, then TV fill of the ``|D| < 0.15`` cone  3 + 2 per iteration (<= 43)
 tv         ``min ||D X - F||^2 / 2 + lambda TV(x)``, ADMM           2 + 2 per iteration (<= 202)
 isqsm      band-limited fit with support constraint, CG            2 + 2 per iteration (<= 62)
-ilsqr      early-stopped weighted LSQR minus LSMR-estimated cone streaks  9 + 4 per iteration (<= 409)
-star       strong L1 on chi (big sources), then weak TV on the rest        4 + 2 per iteration (<= 404)
-medi       MEDI: nonlinear data term, magnitude-edge-weighted TV, GN+CG    4 per GN step + 4 per CG (<= 1240)
-nltv       nonlinear data term + TV, ADMM (FANSI)                          4 per iteration (<= 399)
-ndi        nonlinear data term + Tikhonov, gradient descent                2 per iteration + 1 (<= 401)
+ilsqr      weighted LSQR minus LSMR-estimated cone streaks         9 + 4 per iteration (<= 409)
+star       strong L1 on chi (big sources), then TV on the rest  4 + 2 per iteration (<= 404)
+medi       nonlinear data, magnitude-edge-weighted TV, GN + CG   4 per GN step + 4 per CG
+nltv       nonlinear data term + TV, ADMM (FANSI)                  4 per iteration (<= 399)
+ndi        nonlinear data term + Tikhonov, gradient descent        1 + 2 per iteration (<= 401)
 =========  =====================================================  ==========================
 """
 
