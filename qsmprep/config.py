@@ -55,9 +55,11 @@ ANALYSIS_LEVELS: tuple[str, ...] = ("participant", "group")
 #: Brain-mask methods.
 MASKING_CHOICES: tuple[str, ...] = ("magnitude", "phase-quality", "bet", "consensus")
 #: Multi-echo combination into a total field.
-COMBINATION_CHOICES: tuple[str, ...] = ("linear-fit",)
+COMBINATION_CHOICES: tuple[str, ...] = ("linear-fit", "nonlinear-fit")
+#: Receive phase-offset removal before the echo fit.
+PHASE_OFFSET_CHOICES: tuple[str, ...] = ("none", "mcpc3ds")
 #: Phase-unwrapping methods.
-UNWRAPPING_CHOICES: tuple[str, ...] = ("laplacian",)
+UNWRAPPING_CHOICES: tuple[str, ...] = ("laplacian", "romeo", "path")
 #: Background-field-removal methods.
 BFR_CHOICES: tuple[str, ...] = ("resharp", "vsharp", "sharp", "ismv", "pdf", "lbv")
 #: Dipole-inversion methods.
@@ -87,6 +89,7 @@ _CHOICE_FIELDS = {
     "analysis_level": ANALYSIS_LEVELS,
     "masking": MASKING_CHOICES,
     "combination": COMBINATION_CHOICES,
+    "phase_offset_correction": PHASE_OFFSET_CHOICES,
     "unwrapping": UNWRAPPING_CHOICES,
     "bfr": BFR_CHOICES,
     "inversion": INVERSION_CHOICES,
@@ -139,6 +142,12 @@ class Settings:
         Largest and smallest V-SHARP kernel radii in mm (None: one voxel).
     mask_erosions : int
         Number of erosions (in voxels) applied to the brain mask.
+    phase_offset_correction : str
+        ``mcpc3ds`` removes the receive phase offset (MCPC-3D-S) before the echo fit.
+    bipolar_correction : bool
+        Remove the odd/even-echo phase error of bipolar readouts (>= 3 echoes).
+    write_swi : bool
+        Write SWI and minIP images when magnitude is available.
     brain_mask_dir : Path or None
         A BIDS derivatives folder with a ``<prefix>_desc-brain_mask.nii[.gz]`` per acquisition,
         used instead of computing masks.
@@ -171,6 +180,9 @@ class Settings:
     vsharp_min_radius_mm: float | None = None
     mask_erosions: int = 0
     brain_mask_dir: Path | None = None
+    phase_offset_correction: str = "none"
+    bipolar_correction: bool = False
+    write_swi: bool = True
 
     def __post_init__(self) -> None:
         self._normalize()

@@ -27,7 +27,7 @@ from qsmprep.algorithms.constants import wrap_to_pi
 from qsmprep.algorithms.fft import crop_to, fast_shape, pad_to
 
 #: Spatial unwrapping methods understood by :func:`unwrap_field_hz`.
-UNWRAP_METHODS: tuple[str, ...] = ("laplacian",)
+UNWRAP_METHODS: tuple[str, ...] = ("laplacian", "romeo", "path")
 
 _TWO_PI = 2.0 * np.pi
 
@@ -242,6 +242,7 @@ def unwrap_field_hz(
     voxel_size_mm: Sequence[float],
     mask: npt.ArrayLike | None = None,
     method: str = "laplacian",
+    magnitude: npt.ArrayLike | None = None,
 ) -> np.ndarray:
     """Spatially unwrap a field map that is only known modulo ``wrap_period_hz``.
 
@@ -259,7 +260,11 @@ def unwrap_field_hz(
     voxel_size_mm, mask
         As in :func:`unwrap_laplacian`.
     method : str
-        One of :data:`UNWRAP_METHODS`.
+        One of :data:`UNWRAP_METHODS`: ``laplacian`` (:func:`unwrap_laplacian`), ``romeo``
+        (quality-guided region growing, :func:`qsmprep.algorithms.romeo.unwrap_romeo`) or
+        ``path`` (reliability-sorted path following, scikit-image).
+    magnitude : (X, Y, Z[, E]) array, optional
+        Magnitude for ROMEO's edge weights (root-sum-of-squares over echoes).
 
     Returns
     -------
@@ -273,5 +278,16 @@ def unwrap_field_hz(
         raise ValueError(f"wrap_period_hz must be a positive number of Hz, got {wrap_period_hz!r}")
     field = np.asarray(field_hz, dtype=np.float64)
     phase = wrap_to_pi(_TWO_PI * field / period)
-    unwrapped = unwrap_laplacian(phase, voxel_size_mm=voxel_size_mm, mask=mask)
+    if method == "romeo":
+        from qsmprep.algorithms.masking import combined_magnitude
+        from qsmprep.algorithms.romeo import unwrap_romeo
+
+        mag = None if magnitude is None else combined_magnitude(magnitude)
+        unwrapped = unwrap_romeo(phase, magnitude=mag, mask=mask, voxel_size_mm=voxel_size_mm)
+    elif method == "path":
+        from qsmprep.algorithms.romeo import unwrap_path
+
+        unwrapped = unwrap_path(phase, mask=mask)
+    else:
+        unwrapped = unwrap_laplacian(phase, voxel_size_mm=voxel_size_mm, mask=mask)
     return (unwrapped.astype(np.float64) * (period / _TWO_PI)).astype(np.float32)

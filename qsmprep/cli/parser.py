@@ -28,6 +28,7 @@ from qsmprep.config import (
     COMBINATION_CHOICES,
     INVERSION_CHOICES,
     MASKING_CHOICES,
+    PHASE_OFFSET_CHOICES,
     PHASE_SIGNS,
     REFERENCE_CHOICES,
     UNWRAPPING_CHOICES,
@@ -295,6 +296,27 @@ def _add_stage_options(parser: argparse.ArgumentParser) -> None:
         type=_nonnegative_int,
         metavar="N",
         help=f"erode the brain mask by N voxels (default: {_DEFAULTS['mask_erosions']})",
+    )
+    group.add_argument(
+        "--phase-offset-correction",
+        dest="phase_offset_correction",
+        choices=PHASE_OFFSET_CHOICES,
+        help="remove the receive phase offset before combining echoes: mcpc3ds = MCPC-3D-S "
+        "(Eckstein 2018) (default: none; the echo fit estimates an offset itself)",
+    )
+    group.add_argument(
+        "--bipolar-correction",
+        dest="bipolar_correction",
+        action=argparse.BooleanOptionalAction,
+        help="correct the odd/even-echo phase difference of bipolar readouts (>= 3 echoes, "
+        "equally spaced)",
+    )
+    group.add_argument(
+        "--swi",
+        dest="write_swi",
+        action=argparse.BooleanOptionalAction,
+        help="write SWI (_swi) and minimum-intensity projection (_minIP) images (default: on "
+        "when magnitude is available)",
     )
     group.add_argument(
         "--brain-mask-dir",

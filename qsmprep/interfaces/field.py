@@ -155,7 +155,9 @@ class _CombineInputSpec(BaseInterfaceInputSpec):
     magnitude = File(exists=True, desc="4-D magnitude (weights)")
     mask = File(exists=True, mandatory=True)
     echo_times_s = traits.List(traits.Float, mandatory=True)
-    method = traits.Str("linear-fit", usedefault=True)
+    method = traits.Enum("linear-fit", "nonlinear-fit", usedefault=True)
+    phase_offset_correction = traits.Enum("none", "mcpc3ds", usedefault=True)
+    bipolar_correction = traits.Bool(False, usedefault=True)
 
 
 class _CombineOutputSpec(TraitedSpec):
@@ -172,14 +174,24 @@ class EchoCombination(SimpleInterface):
     output_spec = _CombineOutputSpec
 
     def _run_interface(self, runtime):
-        from qsmprep.algorithms import combine
+        from qsmprep.algorithms import combine, combine_complex
 
-        if self.inputs.method != "linear-fit":
-            raise ValueError(f"unknown combination method {self.inputs.method!r}")
         phase, affine = nifti.load(self.inputs.phase)
         mag = nifti.load(self.inputs.magnitude)[0] if isdefined(self.inputs.magnitude) else None
         mask = nifti.load(self.inputs.mask)[0] > 0
-        fit = combine.fit_field_linear(phase, mag, echo_times_s=self.inputs.echo_times_s, mask=mask)
+        tes = self.inputs.echo_times_s
+        if self.inputs.bipolar_correction:
+            phase = combine_complex.correct_bipolar(phase, mag, echo_times_s=tes, mask=mask)
+        if self.inputs.phase_offset_correction == "mcpc3ds" and len(tes) > 1:
+            voxel_size, _ = nifti.geometry(affine)
+            phi0 = combine_complex.mcpc3ds_offset(
+                phase, mag, echo_times_s=tes, voxel_size_mm=voxel_size, mask=mask
+            )
+            phase = combine_complex.remove_phase_offset(phase, phi0)
+        if self.inputs.method == "nonlinear-fit" and mag is not None and len(tes) > 1:
+            fit = combine_complex.fit_field_nonlinear(phase, mag, echo_times_s=tes, mask=mask)
+        else:  # the nonlinear fit needs magnitude and >= 2 echoes
+            fit = combine.fit_field_linear(phase, mag, echo_times_s=tes, mask=mask)
         self._results["field_hz"] = nifti.save(fit.field_hz, affine, _out(runtime, "fit_hz.nii.gz"))
         self._results["phase_offset"] = nifti.save(
             fit.phase_offset_rad, affine, _out(runtime, "phase_offset.nii.gz")
@@ -193,6 +205,7 @@ class EchoCombination(SimpleInterface):
 
 class _UnwrapInputSpec(BaseInterfaceInputSpec):
     field_hz = File(exists=True, mandatory=True)
+    magnitude = File(exists=True, desc="4-D magnitude (ROMEO weights)")
     wrap_period_hz = traits.Float(mandatory=True)
     mask = File(exists=True, mandatory=True)
     method = traits.Str("laplacian", usedefault=True)
@@ -220,6 +233,9 @@ class PhaseUnwrapping(SimpleInterface):
             voxel_size_mm=voxel_size,
             mask=mask,
             method=self.inputs.method,
+            magnitude=(
+                nifti.load(self.inputs.magnitude)[0] if isdefined(self.inputs.magnitude) else None
+            ),
         )
         total = total * mask
         self._results["out_file"] = nifti.save(total, affine, _out(runtime, "total_hz.nii.gz"))
@@ -255,4 +271,47 @@ class R2starMapping(SimpleInterface):
         self._results["t2star"] = nifti.save(
             t2star_from_r2star(r2s), affine, _out(runtime, "t2star.nii.gz")
         )
+        return runtime
+
+
+class _SWIInputSpec(BaseInterfaceInputSpec):
+    magnitude = File(exists=True, mandatory=True, desc="4-D magnitude")
+    phase = File(exists=True, mandatory=True, desc="4-D phase (rad)")
+    mask = File(exists=True, mandatory=True)
+    echo_times_s = traits.List(traits.Float, mandatory=True)
+    b0_tesla = traits.Float(mandatory=True)
+    slab_mm = traits.Float(16.0, usedefault=True, desc="minIP slab thickness (mm)")
+
+
+class _SWIOutputSpec(TraitedSpec):
+    swi = File(exists=True)
+    minip = File(exists=True)
+    echo_time_s = traits.Float(desc="echo used")
+
+
+class SWIMapping(SimpleInterface):
+    """Phase-mask SWI of the echo nearest the field-strength-appropriate TE, and its minIP."""
+
+    input_spec = _SWIInputSpec
+    output_spec = _SWIOutputSpec
+
+    def _run_interface(self, runtime):
+        import numpy as np
+
+        from qsmprep.algorithms import swi
+
+        mag, affine = nifti.load(self.inputs.magnitude)
+        phase = nifti.load(self.inputs.phase)[0]
+        mask = nifti.load(self.inputs.mask)[0] > 0
+        voxel_size, _ = nifti.geometry(affine)
+        tes = np.asarray(self.inputs.echo_times_s)
+        echo = int(np.argmin(np.abs(tes - swi.default_swi_echo_time_s(self.inputs.b0_tesla))))
+        image = swi.swi(mag[..., echo], phase[..., echo], kind="phase",
+                        voxel_size_mm=voxel_size, mask=mask)  # fmt: skip
+        minip = swi.minimum_intensity_projection(
+            image, slab_mm=self.inputs.slab_mm, voxel_size_mm=voxel_size
+        )
+        self._results["swi"] = nifti.save(image, affine, _out(runtime, "swi.nii.gz"))
+        self._results["minip"] = nifti.save(minip, affine, _out(runtime, "minip.nii.gz"))
+        self._results["echo_time_s"] = float(tes[echo])
         return runtime

@@ -14,7 +14,7 @@ from qsmprep.__about__ import __version__
 from qsmprep.algorithms.background import BFR_METHODS
 from qsmprep.algorithms.constants import GAMMA_BAR_HZ_PER_T
 from qsmprep.algorithms.inversion import INVERSION_METHODS, USES_MAGNITUDE
-from qsmprep.interfaces.field import R2starMapping
+from qsmprep.interfaces.field import R2starMapping, SWIMapping
 from qsmprep.workflows.field import init_field_wf
 from qsmprep.workflows.outputs import OUTPUTS, init_derivatives_wf
 from qsmprep.workflows.qsm import METHOD_DOIS, init_qsm_wf
@@ -77,6 +77,9 @@ def init_qsmprep_wf(settings, acquisitions, *, work_dir: str | Path) -> pe.Workf
             reference=settings.reference,
             omp_nthreads=settings.omp_nthreads,
             user_mask=user_masks.get(acq.name),
+            phase_offset_correction=settings.phase_offset_correction,
+            bipolar_correction=settings.bipolar_correction,
+            write_swi=settings.write_swi,
         )
         log_dir = Path(settings.output_dir) / f"sub-{acq.subject}" / "log"
         _set_crashdump_dir(wf, log_dir)
@@ -112,6 +115,9 @@ def init_single_acquisition_wf(
     omp_nthreads: int = 1,
     n_voxels: int = 256**3,
     user_mask: str | None = None,
+    phase_offset_correction: str = "none",
+    bipolar_correction: bool = False,
+    write_swi: bool = True,
     name: str | None = None,
 ) -> pe.Workflow:
     """Raw MEGRE phase (+ magnitude) of one acquisition -> derivatives."""
@@ -127,6 +133,7 @@ def init_single_acquisition_wf(
         echo_times_s=echo_times, has_magnitude=has_mag, phase_units=acq.phase_units,
         phase_sign=phase_sign, masking=masking, mask_erosions=mask_erosions,
         combination=combination, unwrapping=unwrapping, mem_gb=mem_gb, user_mask=user_mask,
+        phase_offset_correction=phase_offset_correction, bipolar_correction=bipolar_correction,
     )  # fmt: skip
     if inversion in USES_MAGNITUDE:  # nonlinear data terms: phase (rad) per ppm at mean TE
         inversion_params = {"phase_scale_rad_per_ppm": 2 * math.pi * GAMMA_BAR_HZ_PER_T
@@ -156,12 +163,22 @@ def init_single_acquisition_wf(
         "GeneratedBy": [{"Name": "qsmprep", "Version": __version__}],
     }
     with_r2star = has_mag and len(echo_times) >= 2
+    with_swi = has_mag and write_swi
     ds_wf = init_derivatives_wf(
         output_dir=output_dir, bids_dir=bids_dir, entities=acq.entities,
         source_files=list(acq.phase_files) + list(acq.magnitude_files), metadata=metadata,
         outputs=tuple(o[0] for o in OUTPUTS
-                      if with_r2star or o[0] not in ("r2starmap", "t2starmap")),
+                      if (with_r2star or o[0] not in ("r2starmap", "t2starmap"))
+                      and (with_swi or o[0] not in ("swi", "minip"))),
     )  # fmt: skip
+    if with_swi:
+        swi = pe.Node(SWIMapping(echo_times_s=echo_times, b0_tesla=acq.b0_tesla),
+                      name="swi", mem_gb=mem_gb)  # fmt: skip
+        workflow.connect([
+            (field_wf, swi, [("outputnode.magnitude", "magnitude"),
+                             ("outputnode.phase_rad", "phase"), ("outputnode.mask", "mask")]),
+            (swi, ds_wf, [("swi", "inputnode.swi"), ("minip", "inputnode.minip")]),
+        ])  # fmt: skip
     if with_r2star:
         r2star = pe.Node(R2starMapping(echo_times_s=echo_times), name="r2star", mem_gb=mem_gb)
         workflow.connect([

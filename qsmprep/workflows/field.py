@@ -26,7 +26,12 @@ COMBINATION_DESC = {
     "linear-fit": "a weighted least-squares fit of the temporally unwrapped phase over echo "
     "time (weights: squared magnitude), estimating the receive phase offset",
 }
+COMBINATION_DESC["nonlinear-fit"] = (
+    "a nonlinear (Gauss-Newton) fit of the complex multi-echo signal [Liu 2013]"
+)
 UNWRAPPING_DESC = {
+    "romeo": "ROMEO-class quality-guided region growing [Dymerska 2021]",
+    "path": "reliability-sorted path following [Abdul-Rahman 2007]",
     "laplacian": "Laplacian-based unwrapping [Schofield & Zhu 2003] refined by preconditioned "
     "conjugate gradients [Ghiglia & Romero 1994], made congruent with the wrapped phase",
 }
@@ -44,6 +49,8 @@ def init_field_wf(
     unwrapping: str = "laplacian",
     mem_gb: float = 1.0,
     user_mask: str | None = None,
+    phase_offset_correction: str = "none",
+    bipolar_correction: bool = False,
     name: str = "field_wf",
 ) -> pe.Workflow:
     """Estimate the total field (Hz) and a brain mask from multi-echo phase (+ magnitude).
@@ -88,8 +95,12 @@ def init_field_wf(
                       erosions=mask_erosions),
             name="brain_mask", mem_gb=mem_gb,
         )  # fmt: skip
-    combine = pe.Node(EchoCombination(echo_times_s=list(echo_times_s), method=combination),
-                      name="echo_combination", mem_gb=mem_gb)  # fmt: skip
+    combine = pe.Node(
+        EchoCombination(echo_times_s=list(echo_times_s), method=combination,
+                        phase_offset_correction=phase_offset_correction,
+                        bipolar_correction=bipolar_correction),
+        name="echo_combination", mem_gb=mem_gb,
+    )  # fmt: skip
     unwrap = pe.Node(PhaseUnwrapping(method=unwrapping), name="unwrap", mem_gb=mem_gb)
     workflow.connect([
         (inputnode, phase_scaling, [("phase_files", "in_files")]),
@@ -110,6 +121,7 @@ def init_field_wf(
         workflow.connect([
             (inputnode, stack, [("magnitude_files", "in_files")]),
             (stack, combine, [("out_file", "magnitude")]),
+            (stack, unwrap, [("out_file", "magnitude")]),
             (stack, outputnode, [("out_file", "magnitude")]),
         ])  # fmt: skip
     return workflow

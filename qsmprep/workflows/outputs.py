@@ -18,6 +18,11 @@ OUTPUTS = (
      {"Units": "Hz", "Description": "local field after background field removal"}),
     ("r2starmap", None, "R2starmap", {"Units": "1/s"}),
     ("t2starmap", None, "T2starmap", {"Units": "s"}),
+    ("swi", None, "swi", {"Units": "arbitrary", "Description": "phase-mask SWI (power 4), "
+                          "paramagnetic phase suppressed; not part of BIDS (.bidsignore)"}),
+    ("minip", None, "minIP", {"Units": "arbitrary",
+                              "Description": "minimum-intensity projection of the SWI over a "
+                              "16 mm slab along the third voxel axis"}),
 )  # fmt: skip
 
 

@@ -61,10 +61,10 @@ def axial():
 @pytest.fixture(scope="module")
 def estimates(axial):
     ph, _, f = axial
-    return {m: fn(f, ph.brain_mask, voxel_size_mm=(3, 3, 3)) for m, fn in INVERSION_METHODS.items()}
+    return {m: INVERSION_METHODS[m](f, ph.brain_mask, voxel_size_mm=(3, 3, 3)) for m in NRMSE_MAX}
 
 
-@pytest.mark.parametrize("method", sorted(INVERSION_METHODS))
+@pytest.mark.parametrize("method", sorted(NRMSE_MAX))  # others: own test files
 def test_accuracy_against_ground_truth(method, axial, estimates):
     ph, chi, _ = axial
     est = estimates[method]
@@ -73,7 +73,7 @@ def test_accuracy_against_ground_truth(method, axial, estimates):
     assert metrics.nrmse(est, chi, ph.brain_mask) < NRMSE_MAX[method]
 
 
-@pytest.mark.parametrize("method", sorted(INVERSION_METHODS))
+@pytest.mark.parametrize("method", sorted(NRMSE_MAX))  # others: own test files
 def test_sign_paramagnetic_pallidum_positive_and_above_white_matter(method, axial, estimates):
     ph, _, _ = axial
     est = reference_chi(estimates[method], ph.brain_mask)
@@ -144,8 +144,8 @@ def test_invert_dispatch_and_errors(axial, estimates):
     np.testing.assert_array_equal(
         invert("tkd", f, ph.brain_mask, voxel_size_mm=(3, 3, 3)), estimates["tkd"]
     )
-    with pytest.raises(ValueError, match="choose one of: isqsm, rts"):
-        invert("medi", f, ph.brain_mask, voxel_size_mm=(3, 3, 3))
+    with pytest.raises(ValueError, match="choose one of: .*tkd"):
+        invert("chisep", f, ph.brain_mask, voxel_size_mm=(3, 3, 3))
     with pytest.raises(TypeError):
         invert("tkd", f, ph.brain_mask, voxel_size_mm=(3, 3, 3), lambda_=1.0)
     assert DEFAULT_METHOD in INVERSION_METHODS

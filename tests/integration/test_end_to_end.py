@@ -34,6 +34,8 @@ EXPECTED = [
     "sub-{s}/anat/sub-{s}_desc-local_fieldmap.nii.gz",
     "sub-{s}/anat/sub-{s}_R2starmap.nii.gz",
     "sub-{s}/anat/sub-{s}_T2starmap.nii.gz",
+    "sub-{s}/anat/sub-{s}_swi.nii.gz",
+    "sub-{s}/anat/sub-{s}_minIP.nii.gz",
 ]
 # Whole-pipeline NRMSE threshold (demeaned, %, inside truth-brain AND the Chimap's valid mask).
 # The acceptance bound for the walking skeleton is 70 %; published whole pipelines from
