@@ -13,6 +13,12 @@ one stage of the pipeline without a BIDS dataset::
     qsmprep-tools invert   --field LOCAL.nii.gz --mask MASK -o CHI.nii.gz [--algorithm tv]
                            [--field-units {ppm,hz,rad}] [--b0-tesla T] [--te-s TE]
                            [--b0-dir X Y Z]
+    qsmprep-tools r2star   --magnitude M1 [M2 ...] --te-s TE1 [TE2 ...] [--mask MASK]
+                           -o R2STAR.nii.gz [--t2star-out T2STAR.nii.gz] [--method auto]
+    qsmprep-tools swi      --magnitude MAG.nii.gz --phase PHASE.nii.gz -o SWI.nii.gz
+                           [--minip-out MINIP.nii.gz [--slab-mm 16]] [--mask MASK]
+                           [--highpass-sigma-mm 6] [--power 4] [--suppress paramagnetic]
+                           [--phase-sign {1,-1}] [--echo N]
 
 This module only parses, loads (:mod:`qsmprep.interfaces.nifti`), calls
 :mod:`qsmprep.algorithms` and saves; the maths lives there. Outputs are float32 (masks
@@ -82,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     from qsmprep.__about__ import __version__
     from qsmprep.algorithms.background import BFR_METHODS
     from qsmprep.algorithms.inversion import INVERSION_METHODS
+    from qsmprep.algorithms.r2star import R2STAR_METHODS
+    from qsmprep.algorithms.swi import SWI_SUPPRESS
     from qsmprep.algorithms.unwrap import UNWRAP_METHODS
 
     parser = _Parser(
@@ -171,6 +179,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--phase", required=True, metavar="PHASE.nii.gz", help="wrapped phase (3-D)")
     p.add_argument("--mask", metavar="MASK.nii.gz", help="mask (nonzero = in; default all)")
     _add_io(p, output_help="unwrapped phase (rad)")
+
+    p = sub.add_parser(
+        "r2star",
+        help="multi-echo magnitude -> R2* (1/s) and optionally T2* (s)",
+        description="Fit S(TE) = M0 exp(-R2* TE) per voxel to the echo magnitudes. Output: "
+        "R2* in 1/s, float32, clipped to [0, 2000], 0 outside the mask; --t2star-out adds "
+        "T2* = 1/R2* in s (0 where R2* = 0).",
+    )
+    p.add_argument("--magnitude", nargs="+", required=True, metavar="MAG",
+                   help="magnitude per echo (3-D files) or one 4-D file")  # fmt: skip
+    p.add_argument("--te-s", nargs="+", type=float, required=True, metavar="TE",
+                   help="echo times (s), one per echo, increasing")  # fmt: skip
+    p.add_argument("--mask", metavar="MASK.nii.gz", help="mask (nonzero = in; default all)")
+    _add_io(p, output_help="R2* map (1/s)")
+    p.add_argument("--t2star-out", metavar="T2STAR.nii.gz", help="also write T2* (s)")
+    p.add_argument("--method", default="auto", choices=R2STAR_METHODS,
+                   help="auto: ARLO for >= 3 equally spaced echoes, else log-linear "
+                   "(default: %(default)s)")  # fmt: skip
+
+    p = sub.add_parser(
+        "swi",
+        help="susceptibility-weighted image (and minIP) from magnitude and phase",
+        description="Scale the phase to radians, high-pass it by homodyne filtering and "
+        "multiply the magnitude by the phase mask to the given power. Output: SWI, float32, "
+        "in the unit of the magnitude (the magnitude itself outside --mask). 4-D inputs: "
+        "the last echo is used unless --echo is given. --minip-out adds a sliding minimum-"
+        "intensity projection over --slab-mm along the third voxel axis, on the same grid.",
+    )
+    p.add_argument("--magnitude", required=True, metavar="MAG.nii.gz",
+                   help="magnitude (3-D, or 4-D with echoes last)")  # fmt: skip
+    p.add_argument("--phase", required=True, metavar="PHASE.nii.gz",
+                   help="wrapped phase of the same echo (3-D, or 4-D, echoes last)")  # fmt: skip
+    _add_io(p, output_help="susceptibility-weighted image")
+    p.add_argument("--minip-out", metavar="MINIP.nii.gz", help="also write the SWI minIP")
+    p.add_argument("--slab-mm", type=float, metavar="MM",
+                   help="minIP slab thickness (mm; default 16; needs --minip-out)")  # fmt: skip
+    p.add_argument("--mask", metavar="MASK.nii.gz", help="mask (nonzero = in; default all)")
+    p.add_argument("--highpass-sigma-mm", type=float, default=6.0, metavar="MM",
+                   help="homodyne low-pass Gaussian sigma (mm; default: %(default)s)")  # fmt: skip
+    p.add_argument("--power", type=float, default=4.0,
+                   help="number of phase-mask multiplications (default: %(default)s)")  # fmt: skip
+    p.add_argument("--suppress", default="paramagnetic", choices=SWI_SUPPRESS,
+                   help="phase sign to darken; paramagnetic = positive phase, veins "
+                   "(default: %(default)s)")  # fmt: skip
+    p.add_argument("--phase-sign", type=int, default=1, choices=(1, -1),
+                   help="-1 flips the stored phase to this package's convention, e.g. GE "
+                   "(default: %(default)s)")  # fmt: skip
+    p.add_argument("--echo", type=int, metavar="N",
+                   help="echo (1-based) of 4-D inputs to use (default: the last)")  # fmt: skip
     return parser
 
 
@@ -191,12 +248,17 @@ def _validate(args) -> None:
     for path in _input_paths(args):
         if not Path(path).is_file():
             raise _UsageError(f"input file not found: {path}")
-    outputs = [args.output] + ([args.mask_out] if getattr(args, "mask_out", None) else [])
+    flags = ["--output"] + [
+        f"--{name.replace('_', '-')}"
+        for name in ("mask_out", "t2star_out", "minip_out")
+        if getattr(args, name, None)
+    ]
+    outputs = [getattr(args, flag[2:].replace("-", "_")) for flag in flags]
     for out in outputs:
         if not out.endswith(_NIFTI_SUFFIXES):
             raise _UsageError(f"output {out} must end in .nii or .nii.gz")
     if len(set(map(os.path.abspath, outputs))) != len(outputs):
-        raise _UsageError("--output and --mask-out must differ")
+        raise _UsageError(f"{' and '.join(flags)} must differ")
     if args.command == "invert":
         if args.field_units in ("hz", "rad") and args.b0_tesla is None:
             raise _UsageError(f"--field-units {args.field_units} needs --b0-tesla")
@@ -217,6 +279,19 @@ def _validate(args) -> None:
             raise _UsageError("mask --phase needs --te-s (one echo time per echo, in seconds)")
         if args.erosions < 0:
             raise _UsageError(f"--erosions must be >= 0, got {args.erosions}")
+    if args.command == "r2star":
+        if not all(0 < te <= 1 for te in args.te_s):
+            raise _UsageError(f"--te-s must be in seconds (0 < TE <= 1), got "
+                              f"{' '.join(map(str, args.te_s))}")  # fmt: skip
+    if args.command == "swi":
+        for flag in ("slab_mm", "highpass_sigma_mm", "power"):
+            value = getattr(args, flag)
+            if value is not None and not (np.isfinite(value) and value > 0):
+                raise _UsageError(f"--{flag.replace('_', '-')} must be positive, got {value}")
+        if args.slab_mm is not None and not args.minip_out:
+            raise _UsageError("--slab-mm needs --minip-out")
+        if args.echo is not None and args.echo < 1:
+            raise _UsageError(f"--echo must be >= 1 (1 = first echo), got {args.echo}")
     if args.command in ("combine", "mask") and args.phase and args.magnitude:
         if len(args.magnitude) != len(args.phase):
             raise _UsageError(f"got {len(args.phase)} --phase files but "
@@ -424,12 +499,83 @@ def _run_unwrap(args) -> None:
     _save_all([(unwrapped, affine, args.output, np.float32)])
 
 
+def _run_r2star(args) -> None:
+    from qsmprep.algorithms.r2star import r2star_map, t2star_from_r2star
+    from qsmprep.interfaces import nifti
+
+    mag, affine = nifti.load_stack(args.magnitude)
+    _check_echo_count(args.te_s, mag.shape[3], args.magnitude[0])
+    mask = None
+    if args.mask is not None:
+        mask = _load_mask(args.mask, mag.shape[:3], affine, args.magnitude[0])
+    try:
+        r2s = r2star_map(mag, echo_times_s=args.te_s, mask=mask, method=args.method)
+    except ValueError as exc:
+        raise ValueError(f"{args.magnitude[0]}: {exc}") from exc
+    items = [(r2s, affine, args.output, np.float32)]
+    if args.t2star_out:
+        items.append((t2star_from_r2star(r2s), affine, args.t2star_out, np.float32))
+    _save_all(items)
+
+
+def _load_echo(path: str, echo: int | None) -> tuple[np.ndarray, np.ndarray, int]:
+    """A 3-D image, or echo ``echo`` (1-based; default the last) of a 4-D one."""
+    from qsmprep.interfaces import nifti
+
+    data, affine = nifti.load(path)
+    if data.ndim == 3:
+        data = data[..., None]
+    if data.ndim != 4:
+        raise ValueError(f"{path}: expected a 3-D or 4-D image, got shape {data.shape}")
+    n = data.shape[3]
+    if echo is not None and echo > n:
+        raise ValueError(f"{path}: --echo {echo} but the image has {n} echo(es)")
+    return data, affine, n
+
+
+def _run_swi(args) -> None:
+    from qsmprep.algorithms.phase import scale_phase
+    from qsmprep.algorithms.swi import minimum_intensity_projection, swi
+
+    mag, affine, n_mag = _load_echo(args.magnitude, args.echo)
+    phase, phase_affine, n_phase = _load_echo(args.phase, args.echo)
+    if phase.shape[:3] != mag.shape[:3]:
+        raise ValueError(f"{args.phase}: phase shape {phase.shape[:3]} does not match "
+                         f"{args.magnitude} {mag.shape[:3]}")  # fmt: skip
+    if not np.allclose(phase_affine, affine, atol=1e-3):
+        raise ValueError(f"{args.phase}: phase affine differs from that of {args.magnitude}")
+    if n_mag > 1 and n_phase > 1 and n_mag != n_phase:
+        raise ValueError(f"{args.phase}: {n_phase} phase echoes but {n_mag} magnitude echoes")
+    try:
+        phase = scale_phase(phase, sign=args.phase_sign)  # whole acquisition: one period
+    except ValueError as exc:
+        raise ValueError(f"{args.phase}: {exc}") from exc
+    echo = -1 if args.echo is None else args.echo - 1
+    mag = mag[..., echo if n_mag > 1 else 0]
+    phase = phase[..., echo if n_phase > 1 else 0]
+    if not np.all(np.isfinite(mag)):
+        raise ValueError(f"{args.magnitude}: magnitude has non-finite values")
+    mask = None if args.mask is None else _load_mask(args.mask, mag.shape, affine, args.magnitude)
+    voxel_size_mm = _voxel_size_mm(affine)
+    image = swi(mag, phase, kind="phase", voxel_size_mm=voxel_size_mm, mask=mask,
+                highpass_sigma_mm=args.highpass_sigma_mm, power=args.power,
+                suppress=args.suppress)  # fmt: skip
+    items = [(image, affine, args.output, np.float32)]
+    if args.minip_out:
+        slab_mm = 16.0 if args.slab_mm is None else args.slab_mm
+        minip = minimum_intensity_projection(image, slab_mm=slab_mm, voxel_size_mm=voxel_size_mm)
+        items.append((minip, affine, args.minip_out, np.float32))
+    _save_all(items)
+
+
 _COMMANDS = {
     "invert": _run_invert,
     "bgremove": _run_bgremove,
     "mask": _run_mask,
     "combine": _run_combine,
     "unwrap": _run_unwrap,
+    "r2star": _run_r2star,
+    "swi": _run_swi,
 }
 
 

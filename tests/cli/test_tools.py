@@ -227,3 +227,124 @@ def test_combine_gives_total_field_hz_and_unwrap_gives_radians(case, gre, tmp_pa
     turns = (unwrapped - wrapped)[brain] / (2 * np.pi)
     np.testing.assert_allclose(turns, np.round(turns), atol=1e-3)  # congruent with the input
     assert np.all(unwrapped[~brain] == 0)
+
+
+R2S_VOX = (4.0, 4.0, 4.0)
+R2S_TES_S = (0.005, 0.010, 0.015, 0.020)
+
+
+@pytest.fixture(scope="module")
+def r2s_case(tmp_path_factory):
+    """Four-echo magnitude of the head (air dark) as one 4-D NIfTI and as 3-D files."""
+    d = tmp_path_factory.mktemp("r2star")
+    ph = make_head_phantom((32, 32, 32), voxel_size_mm=R2S_VOX)
+    sig = simulate_gre(ph.chi_ppm, voxel_size_mm=R2S_VOX, echo_times_s=R2S_TES_S,
+                       m0=ph.m0 * ph.head_mask, r2star_hz=ph.r2star_3t)  # fmt: skip
+    affine = np.diag([*R2S_VOX, 1.0])
+    mag4d = nifti.save(sig.magnitude, affine, d / "mag4d.nii.gz")
+    mags = [nifti.save(sig.magnitude[..., e], affine, d / f"mag{e}.nii.gz") for e in range(4)]
+    return {"ph": ph, "affine": affine, "mag4d": mag4d, "mags": mags,
+            "mask": nifti.save(ph.brain_mask, affine, d / "brain.nii.gz")}  # fmt: skip
+
+
+def test_r2star_recovers_white_matter_and_t2star(r2s_case, tmp_path):
+    ph = r2s_case["ph"]
+    wm_label = next(k for k, v in ph.label_names.items() if v == "white_matter")
+    wm = ph.labels == wm_label
+    true_wm = float(np.median(ph.r2star_3t[wm]))
+    tes = [str(t) for t in R2S_TES_S]
+    out, t2s_out = tmp_path / "r2s.nii.gz", tmp_path / "t2s.nii.gz"
+    assert main(["r2star", "--magnitude", r2s_case["mag4d"], "--te-s", *tes, "-o", str(out),
+                 "--t2star-out", str(t2s_out)]) == 0  # fmt: skip
+    r2s, affine = nifti.load(out)
+    np.testing.assert_allclose(affine, r2s_case["affine"], atol=1e-5)
+    assert r2s.shape == (32, 32, 32) and r2s.dtype == np.float32
+    assert abs(np.median(r2s[wm]) - true_wm) < 0.15 * true_wm
+    t2s = nifti.load(t2s_out)[0]
+    pos = r2s > 0
+    np.testing.assert_allclose(t2s[pos], 1.0 / r2s[pos], rtol=1e-5)
+    assert np.all(t2s[~pos] == 0)
+    # per-echo 3-D files, log-linear fit, with a mask: 0 outside it
+    out = tmp_path / "r2s_ll.nii.gz"
+    assert main(["r2star", "--magnitude", *r2s_case["mags"], "--te-s", *tes, "-o", str(out),
+                 "--mask", r2s_case["mask"], "--method", "loglinear"]) == 0  # fmt: skip
+    r2s = nifti.load(out)[0]
+    assert abs(np.median(r2s[wm]) - true_wm) < 0.15 * true_wm
+    assert np.all(r2s[~ph.brain_mask] == 0)
+
+
+@pytest.mark.parametrize(
+    ("tes", "code", "needle"),
+    [(("5", "10", "15", "20"), 2, "seconds"), (("0.005", "0.010"), 1, "--te-s")],
+)
+def test_r2star_bad_echo_times_one_line(r2s_case, tmp_path, capsys, tes, code, needle):
+    out = tmp_path / "r2s.nii.gz"
+    assert main(["r2star", "--magnitude", r2s_case["mag4d"], "--te-s", *tes,
+                 "-o", str(out)]) == code  # fmt: skip
+    assert needle in _one_error_line(capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def swi_case(tmp_path_factory):
+    """Uniform magnitude 100; phase +1 rad in a small (paramagnetic) cube, 0 elsewhere."""
+    d = tmp_path_factory.mktemp("swi")
+    shape = (32, 32, 24)
+    affine = np.diag([1.0, 1.0, 2.0, 1.0])
+    mag = np.full(shape, 100.0, np.float32)
+    phase = np.zeros(shape, np.float32)
+    vein = np.zeros(shape, bool)
+    vein[14:18, 14:18, 10:14] = True
+    phase[vein] = 1.0
+    # a 4-D two-echo phase whose first echo is flat: only the last echo shows the vein
+    phase4d = np.stack([np.zeros(shape, np.float32), phase], axis=-1)
+    return {"shape": shape, "affine": affine, "vein": vein, "dir": d,
+            "mag": nifti.save(mag, affine, d / "mag.nii.gz"),
+            "phase": nifti.save(phase, affine, d / "phase.nii.gz"),
+            "phase4d": nifti.save(phase4d, affine, d / "phase4d.nii.gz")}  # fmt: skip
+
+
+def test_swi_darkens_positive_phase_and_minip_below_swi(swi_case, tmp_path):
+    out, minip_out = tmp_path / "swi.nii.gz", tmp_path / "minip.nii.gz"
+    assert main(["swi", "--magnitude", swi_case["mag"], "--phase", swi_case["phase4d"],
+                 "-o", str(out), "--minip-out", str(minip_out), "--slab-mm", "8"]) == 0  # fmt: skip
+    image, affine = nifti.load(out)
+    np.testing.assert_allclose(affine, swi_case["affine"], atol=1e-5)
+    assert image.shape == swi_case["shape"] and image.dtype == np.float32
+    vein = swi_case["vein"]
+    assert np.all(image <= 100.0 + 1e-3)
+    assert image[vein].max() < 70.0  # paramagnetic (positive) phase is darkened
+    far = np.zeros_like(vein)
+    far[:4] = True
+    np.testing.assert_allclose(image[far], 100.0, rtol=1e-3)
+    minip = nifti.load(minip_out)[0]
+    assert minip.shape == image.shape and np.all(minip <= image + 1e-6)
+    # an 8 mm slab on 2 mm slices is 5 slices: the vein (z 10..13) reaches z 8, not z 7
+    assert minip[15, 15, 8] < 70.0 and minip[15, 15, 7] > 99.0
+    # --suppress diamagnetic leaves positive phase bright; --phase-sign -1 darkens it again
+    argv = ["swi", "--magnitude", swi_case["mag"], "--phase", swi_case["phase"], "-o", str(out)]
+    assert main([*argv, "--suppress", "diamagnetic"]) == 0
+    assert nifti.load(out)[0][vein].min() > 99.0
+    assert main([*argv, "--suppress", "diamagnetic", "--phase-sign", "-1"]) == 0
+    assert nifti.load(out)[0][vein].max() < 70.0
+    # --echo 1 picks the flat first echo: nothing darkened
+    assert main(["swi", "--magnitude", swi_case["mag"], "--phase", swi_case["phase4d"],
+                 "-o", str(out), "--echo", "1"]) == 0  # fmt: skip
+    np.testing.assert_allclose(nifti.load(out)[0], 100.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--phase", "missing.nii.gz"], "missing.nii.gz"),
+        (["--phase", "P", "--slab-mm", "8"], "--minip-out"),
+        (["--phase", "P", "--power", "0"], "--power"),
+        (["--phase", "P", "--suppress", "veins"], "veins"),
+    ],
+)
+def test_swi_usage_errors_are_one_line_exit_2(swi_case, tmp_path, capsys, extra, needle):
+    extra = [swi_case["phase"] if a == "P" else a for a in extra]
+    out = tmp_path / "swi.nii.gz"
+    assert main(["swi", "--magnitude", swi_case["mag"], *extra, "-o", str(out)]) == 2
+    assert needle in _one_error_line(capsys)
+    assert list(tmp_path.iterdir()) == []
