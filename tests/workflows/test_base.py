@@ -1,0 +1,90 @@
+"""Workflow graphs build for every stage choice (fast: nothing runs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from qsmprep.config import (
+    BFR_CHOICES,
+    COMBINATION_CHOICES,
+    INVERSION_CHOICES,
+    MASKING_CHOICES,
+    UNWRAPPING_CHOICES,
+    Settings,
+)
+from qsmprep.interfaces.bids import Acquisition
+from qsmprep.workflows.base import init_qsmprep_wf, init_single_acquisition_wf
+
+
+def _acq(tmp_path: Path, *, echoes: int = 3, magnitude: bool = True) -> Acquisition:
+    tes = tuple(0.004 * (i + 1) for i in range(echoes))
+    phase = tuple(
+        str(tmp_path / f"sub-01_echo-{i + 1}_part-phase_MEGRE.nii.gz") for i in range(echoes)
+    )
+    mag = tuple(p.replace("part-phase", "part-mag") for p in phase) if magnitude else ()
+    return Acquisition(
+        subject="01", session=None, acq=None, run=None, suffix="MEGRE", phase_files=phase,
+        magnitude_files=mag, echo_times_s=tes, b0_tesla=3.0, phase_units="rad",
+        b0_from_cli=False, shape=(8, 8, 8), voxel_size_mm=(1.0, 1.0, 1.0),
+    )  # fmt: skip
+
+
+def _nodes(wf):
+    return {name.split(".")[-1] for name in wf.list_node_names()}
+
+
+@pytest.mark.parametrize("inversion", INVERSION_CHOICES)
+@pytest.mark.parametrize("bfr", BFR_CHOICES)
+def test_every_bfr_and_inversion_builds(tmp_path, bfr, inversion):
+    wf = init_single_acquisition_wf(_acq(tmp_path), output_dir=str(tmp_path / "out"),
+                                    bids_dir=str(tmp_path), bfr=bfr, inversion=inversion)  # fmt: skip
+    nodes = _nodes(wf)
+    assert {"bg_removal", "dipole_inversion", "referencing", "ds_chimap"} <= nodes
+    inv = wf.get_node("qsm_wf").get_node("dipole_inversion")
+    assert inv.inputs.method == inversion
+    if inversion in ("medi", "nltv", "ndi"):  # nonlinear data terms need the phase scale
+        assert inv.inputs.params["phase_scale_rad_per_ppm"] == pytest.approx(
+            2 * 3.141592653589793 * 42.57747892e6 * 3.0 * 1e-6 * 0.008
+        )
+
+
+@pytest.mark.parametrize("unwrapping", UNWRAPPING_CHOICES)
+@pytest.mark.parametrize("combination", COMBINATION_CHOICES)
+@pytest.mark.parametrize("masking", MASKING_CHOICES)
+def test_every_front_end_choice_builds(tmp_path, masking, combination, unwrapping):
+    wf = init_single_acquisition_wf(
+        _acq(tmp_path), output_dir=str(tmp_path / "out"), bids_dir=str(tmp_path),
+        masking=masking, combination=combination, unwrapping=unwrapping,
+    )  # fmt: skip
+    field = wf.get_node("field_wf")
+    assert field.get_node("brain_mask").inputs.method == masking
+    assert field.get_node("echo_combination").inputs.method == combination
+    assert field.get_node("unwrap").inputs.method == unwrapping
+
+
+def test_phase_only_single_echo_has_no_magnitude_outputs(tmp_path):
+    wf = init_single_acquisition_wf(_acq(tmp_path, echoes=1, magnitude=False),
+                                    output_dir=str(tmp_path), bids_dir=str(tmp_path))  # fmt: skip
+    nodes = _nodes(wf)
+    assert "r2star" not in nodes and "swi" not in nodes and "magnitude_stack" not in nodes
+    assert "ds_r2starmap" not in nodes and "ds_chimap" in nodes
+    # phase-only data are masked by phase quality whatever --masking says
+    assert wf.get_node("field_wf").get_node("brain_mask").inputs.method == "phase-quality"
+
+
+def test_user_mask_replaces_the_mask_node(tmp_path):
+    wf = init_single_acquisition_wf(_acq(tmp_path), output_dir=str(tmp_path),
+                                    bids_dir=str(tmp_path), user_mask="/x/mask.nii.gz")  # fmt: skip
+    node = wf.get_node("field_wf").get_node("brain_mask")
+    assert node.inputs.out_file == "/x/mask.nii.gz"
+    assert "user-supplied mask" in wf.get_node("field_wf").__desc__
+
+
+def test_top_workflow_sends_crash_files_to_the_subject_log(tmp_path):
+    settings = Settings(bids_dir=tmp_path, output_dir=tmp_path / "out",
+                        analysis_level="participant")  # fmt: skip
+    wf = init_qsmprep_wf(settings, [_acq(tmp_path)], work_dir=tmp_path / "work")
+    node = wf.get_node("sub_01_wf").get_node("qsm_wf").get_node("dipole_inversion")
+    assert node.config["execution"]["crashdump_dir"] == str(tmp_path / "out" / "sub-01" / "log")
