@@ -38,8 +38,10 @@ def _nodes(wf):
 @pytest.mark.parametrize("inversion", INVERSION_CHOICES)
 @pytest.mark.parametrize("bfr", BFR_CHOICES)
 def test_every_bfr_and_inversion_builds(tmp_path, bfr, inversion):
-    wf = init_single_acquisition_wf(_acq(tmp_path), output_dir=str(tmp_path / "out"),
-                                    bids_dir=str(tmp_path), bfr=bfr, inversion=inversion)  # fmt: skip
+    wf = init_single_acquisition_wf(
+        _acq(tmp_path), output_dir=str(tmp_path / "out"), bids_dir=str(tmp_path), bfr=bfr,
+        inversion=inversion,
+    )
     nodes = _nodes(wf)
     assert {"bg_removal", "dipole_inversion", "referencing", "ds_chimap"} <= nodes
     inv = wf.get_node("qsm_wf").get_node("dipole_inversion")
