@@ -21,6 +21,7 @@ import numpy.typing as npt
 from scipy import ndimage
 
 from qsmprep.algorithms.combine import check_echo_times
+from qsmprep.algorithms.unwrap import _check_mask, _check_voxel_size, _wrap
 
 try:  # the growing loop visits voxels one by one: numba makes it ~100x faster
     from numba import njit
@@ -33,28 +34,6 @@ except ImportError:  # pragma: no cover - numba missing: same code, pure Python 
 #: Number of weight bins of the priority queue (0 marks an edge that is never crossed).
 N_BINS = 256
 _TWO_PI = 2.0 * np.pi
-
-
-def _wrap(phase: np.ndarray) -> np.ndarray:
-    return phase - np.float32(_TWO_PI) * np.rint(phase * np.float32(1.0 / _TWO_PI))
-
-
-def _check_voxel_size(voxel_size_mm: Sequence[float]) -> tuple[float, float, float]:
-    vox = np.asarray(voxel_size_mm, dtype=float).reshape(-1)
-    if vox.size != 3 or not np.all(np.isfinite(vox)) or np.any(vox <= 0):
-        raise ValueError(f"voxel_size_mm must be three positive numbers, got {voxel_size_mm!r}")
-    return (float(vox[0]), float(vox[1]), float(vox[2]))
-
-
-def _check_mask(mask: npt.ArrayLike | None, shape: tuple[int, ...]) -> np.ndarray:
-    if mask is None:
-        return np.ones(shape, dtype=bool)
-    m = np.asarray(mask, dtype=bool)
-    if m.shape != shape:
-        raise ValueError(f"mask must have the image shape {shape}, got {m.shape}")
-    if not m.any():
-        raise ValueError("mask is empty")
-    return m
 
 
 def _check_like(name: str, array: npt.ArrayLike | None, shape: tuple[int, ...]):
