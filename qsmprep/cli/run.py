@@ -240,6 +240,19 @@ def _write_citation(workflow, out: Path) -> None:
     (logs / "CITATION.md").write_text(text)
 
 
+def run_group_level(settings) -> int:
+    """Gather every acquisition's regional table into cohort tables and figures."""
+    from qsmprep.group import run_group
+
+    try:
+        written = run_group(settings.bids_dir, settings.output_dir)
+    except (FileNotFoundError, ValueError) as exc:
+        return _fail(str(exc).splitlines()[0])
+    print(f"qsmprep: group tables in {Path(written['long']).parent} "
+          f"({len(written['figures'])} figure files)")  # fmt: skip
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point of ``qsmprep``."""
     os.environ.setdefault("NIPYPE_NO_ET", "1")
@@ -249,8 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING - 10 * min(settings.verbose, 2),
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")  # fmt: skip
     if settings.analysis_level == "group":
-        print("qsmprep: group level: nothing to do yet (regional tables arrive with issue 5)")
-        return 0
+        return run_group_level(settings)
     try:
         return run_participant(settings)
     except (ValueError, OSError) as exc:

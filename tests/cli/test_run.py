@@ -61,9 +61,11 @@ def test_unknown_participant_is_refused(make_bids, tmp_path, capsys):
     assert "99" in capsys.readouterr().err
 
 
-def test_group_level_runs(make_bids, tmp_path, capsys):
+def test_group_level_without_regional_tables_is_a_clear_error(make_bids, tmp_path, capsys):
     bids = make_bids()
-    assert main([str(bids), str(tmp_path / "out"), "group"]) == 0
+    assert main([str(bids), str(tmp_path / "out"), "group"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "regional tables" in err[0]
 
 
 def test_version(capsys):
