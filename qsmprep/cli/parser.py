@@ -243,16 +243,22 @@ def _add_acquisition_options(parser: argparse.ArgumentParser) -> None:
 def _add_stage_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("QSM processing stages")
     stages = (
-        ("masking", MASKING_CHOICES, "brain mask from the magnitude, or refined by phase quality"),
+        (
+            "masking",
+            MASKING_CHOICES,
+            "brain mask: magnitude threshold, phase quality, bet "
+            "(BET-class extraction; pip install 'qsmprep[bet]') or consensus (bet AND phase "
+            "quality)",
+        ),
         ("combination", COMBINATION_CHOICES, "combination of the echoes into one field map (Hz)"),
         ("unwrapping", UNWRAPPING_CHOICES, "phase unwrapping"),
         ("bfr", BFR_CHOICES, "background field removal"),
         (
             "inversion",
             INVERSION_CHOICES,
-            "dipole inversion from local field (ppm) to "
-            "susceptibility (ppm): tkd = truncated k-space division, rts = rapid two-step, "
-            "tv = total variation",
+            "dipole inversion from local field (ppm) to susceptibility (ppm); see "
+            "docs/algorithms.md (tv = total variation ADMM, rts = rapid two-step, tkd = "
+            "truncated k-space division, medi/nltv/ndi = nonlinear data terms)",
         ),
         (
             "reference",

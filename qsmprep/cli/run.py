@@ -55,7 +55,14 @@ def describe_plan(settings, acquisitions) -> str:
         f"  -> bfr: {settings.bfr} -> inversion: {settings.inversion}"
         f" -> reference: {settings.reference} -> derivatives in {settings.output_dir}"
     )
-    return "\n".join(lines)  # fmt: skip
+    extras = [f"phase offset: {settings.phase_offset_correction}"]
+    if settings.bipolar_correction:
+        extras.append("bipolar correction")
+    if settings.brain_mask_dir:
+        extras.append(f"user masks from {settings.brain_mask_dir}")
+    extras.append("R2*/T2*" + (", SWI/minIP" if settings.write_swi else "") + " with magnitude")
+    lines.append("  " + "; ".join(extras))
+    return "\n".join(lines)
 
 
 def _plugin(settings) -> tuple[str, dict]:
