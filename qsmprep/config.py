@@ -64,7 +64,8 @@ UNWRAPPING_CHOICES: tuple[str, ...] = ("laplacian", "romeo", "path")
 BFR_CHOICES: tuple[str, ...] = ("resharp", "vsharp", "sharp", "ismv", "pdf", "lbv")
 #: Dipole-inversion methods.
 INVERSION_CHOICES: tuple[str, ...] = (
-    "tv", "rts", "tkd", "tsvd", "tikhonov", "isqsm", "ilsqr", "star", "medi", "nltv", "ndi",
+    "tv", "rts", "tkd", "tsvd", "tikhonov", "isqsm", "isqsm-l1", "ilsqr", "star", "medi", "nltv",
+    "ndi",
 )  # fmt: skip
 #: Susceptibility reference regions (``none`` keeps the inversion's own offset).
 REFERENCE_CHOICES: tuple[str, ...] = ("brain", "none")

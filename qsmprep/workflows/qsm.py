@@ -23,6 +23,8 @@ INVERSION_DESC = {
     "rts": "rapid two-step dipole inversion (RTS) [Kames 2018]",
     "tv": "total-variation regularised inversion solved by ADMM [Bilgic 2014]",
     "isqsm": "incomplete-spectrum QSM [Fuchs & Shmueli 2023]",
+    "isqsm-l1": "incomplete-spectrum QSM with an L1 wavelet prior solved by FISTA "
+    "[Fuchs & Shmueli 2023]",
     "ilsqr": "iterative LSQR (iLSQR) [Li 2015]",
     "star": "streaking artifact reduction QSM (STAR-QSM) [Wei 2015]",
     "medi": "morphology-enabled dipole inversion (MEDI-L1, nonlinear data term, magnitude edges) "
@@ -42,6 +44,7 @@ METHOD_DOIS = {
     "rts": "doi:10.1016/j.neuroimage.2017.11.018",
     "tv": "doi:10.1002/mrm.25029",
     "isqsm": "doi:10.3389/fnins.2023.1130524",
+    "isqsm-l1": "doi:10.3389/fnins.2023.1130524",
     "ilsqr": "doi:10.1016/j.neuroimage.2014.11.038",
     "star": "doi:10.1002/nbm.3383",
     "medi": "doi:10.1002/mrm.22816",

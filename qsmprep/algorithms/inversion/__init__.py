@@ -14,6 +14,7 @@ tikhonov   ``min ||D X - F||^2 + lambda ||grad x||^2``, closed    2
 rts        LSMR on ``D``, then TV fill of the ``|D| < 0.15`` cone  3 + 2 per iteration (<= 43)
 tv         ``min ||D X - F||^2 / 2 + lambda TV(x)``, ADMM           2 + 2 per iteration (<= 202)
 isqsm      band-limited fit with support constraint, CG            2 + 2 per iteration (<= 62)
+isqsm-l1   the same band fit + L1 on Haar wavelets (FISTA)         2 per iteration (<= 202)
 ilsqr      weighted LSQR minus LSMR-estimated cone streaks         9 + 4 per iteration (<= 409)
 star       strong L1 on chi (big sources), then TV on the rest  4 + 2 per iteration (<= 404)
 medi       nonlinear data, magnitude-edge-weighted TV, GN + CG   4 per GN step + 4 per CG
@@ -32,6 +33,7 @@ import numpy.typing as npt
 from qsmprep.algorithms.inversion.direct import tikhonov, tkd, tsvd
 from qsmprep.algorithms.inversion.ilsqr import ilsqr
 from qsmprep.algorithms.inversion.incomplete_spectrum import isqsm
+from qsmprep.algorithms.inversion.incomplete_spectrum_l1 import isqsm_l1
 from qsmprep.algorithms.inversion.medi import medi
 from qsmprep.algorithms.inversion.nonlinear import ndi, nltv
 from qsmprep.algorithms.inversion.rapid_two_step import rts
@@ -46,6 +48,7 @@ INVERSION_METHODS: dict[str, Callable[..., np.ndarray]] = {
     "rts": rts,
     "tv": tv,
     "isqsm": isqsm,
+    "isqsm-l1": isqsm_l1,
     "ilsqr": ilsqr,
     "star": star,
     "medi": medi,

@@ -1,0 +1,109 @@
+"""Tests of incomplete-spectrum QSM with the L1 Haar-wavelet prior (FISTA).
+
+Same noisy 64^3 phantom as ``test_inversion.py`` (3 mm, seeded noise 1e-3 ppm). Measured
+demeaned NRMSE (defaults, delta 0.25, lambda 1e-3 ppm): 31.6 %, against 56.2 % for the
+plain CG ``isqsm`` on the same data; B0 along x instead of z: 173 %.
+"""
+
+import numpy as np
+import pytest
+
+from qsmprep.algorithms import kernels, metrics, simulate
+from qsmprep.algorithms.inversion.incomplete_spectrum import isqsm
+from qsmprep.algorithms.inversion.incomplete_spectrum_l1 import (
+    haar_forward,
+    haar_inverse,
+    isqsm_l1,
+)
+
+NOISE_PPM = 1e-3
+VOX = (3.0, 3.0, 3.0)
+NRMSE_MAX = 35.0  # measured 31.6
+
+
+@pytest.fixture(scope="module")
+def axial():
+    ph = simulate.make_head_phantom((64, 64, 64), voxel_size_mm=VOX)
+    chi = ph.true_chi()
+    brain = ph.brain_mask
+    f = kernels.forward_field(np.where(brain, chi, 0), voxel_size_mm=VOX, b0_direction=(0, 0, 1))
+    f = f + np.random.default_rng(0).normal(0, NOISE_PPM, f.shape).astype(np.float32)
+    return ph, chi, np.where(brain, f, 0).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def estimate(axial):
+    ph, _, f = axial
+    return isqsm_l1(f, ph.brain_mask, voxel_size_mm=VOX)
+
+
+def test_accuracy_and_output_conventions(axial, estimate):
+    ph, chi, _ = axial
+    assert estimate.dtype == np.float32 and estimate.shape == chi.shape
+    assert np.all(estimate[~ph.brain_mask] == 0)
+    assert metrics.nrmse(estimate, chi, ph.brain_mask) < NRMSE_MAX
+
+
+def test_wavelet_prior_beats_plain_isqsm(axial, estimate):
+    ph, chi, f = axial
+    plain = metrics.nrmse(isqsm(f, ph.brain_mask, voxel_size_mm=VOX), chi, ph.brain_mask)
+    regularised = metrics.nrmse(estimate, chi, ph.brain_mask)
+    assert regularised < plain - 15  # measured 31.6 vs 56.2
+
+
+def test_wrong_b0_direction_breaks_accuracy(axial):
+    ph, chi, f = axial
+    est = isqsm_l1(f, ph.brain_mask, voxel_size_mm=VOX, b0_direction=(1, 0, 0))
+    assert metrics.nrmse(est, chi, ph.brain_mask) > 2 * NRMSE_MAX  # measured 173
+
+
+@pytest.mark.parametrize("levels", [1, 2, 3])
+def test_haar_is_orthonormal_and_invertible(levels):
+    rng = np.random.default_rng(3)
+    shape = (16, 24, 8)
+    x = rng.normal(size=shape).astype(np.float32)
+    c = haar_forward(x, levels)
+    assert c.shape == x.shape and c.dtype == np.float32
+    np.testing.assert_allclose(haar_inverse(c, levels), x, rtol=1e-5, atol=1e-5)
+    assert np.linalg.norm(c) == pytest.approx(np.linalg.norm(x), rel=1e-5)  # Parseval
+    y = rng.normal(size=shape).astype(np.float32)
+    assert float(np.vdot(c, haar_forward(y, levels))) == pytest.approx(
+        float(np.vdot(x, y)), rel=1e-4, abs=1e-3
+    )
+    # a constant lives entirely in the coarsest approximation band
+    k = 1 << levels
+    coarse = tuple(slice(0, n // k) for n in shape)
+    cc = haar_forward(np.ones(shape, np.float32), levels)
+    np.testing.assert_allclose(cc[coarse], k**1.5, rtol=1e-5)
+    cc[coarse] = 0
+    assert np.abs(cc).max() < 1e-5
+    with pytest.raises(ValueError, match="divisible"):
+        haar_forward(np.zeros((8, 8, 6), np.float32), 2)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(delta=0.5),
+        dict(delta=0.0),
+        dict(regularization=-1e-3),
+        dict(regularization=np.nan),
+        dict(max_iterations=0),
+        dict(tol=2.0),
+        dict(levels=0),
+        dict(levels=1.5),
+        dict(voxel_size_mm=(1.0, 0.0, 1.0)),
+        dict(b0_direction=(0, 0, 0)),
+        dict(mask=np.zeros((8, 8, 8), bool)),
+        dict(mask=np.ones((8, 8, 7), bool)),
+    ],
+)
+def test_invalid_inputs_raise(bad):
+    args = dict(
+        local_field_ppm=np.zeros((8, 8, 8), np.float32),
+        mask=np.ones((8, 8, 8), bool),
+        voxel_size_mm=(1.0, 1.0, 1.0),
+    )
+    args.update(bad)
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        isqsm_l1(args.pop("local_field_ppm"), args.pop("mask"), **args)
