@@ -75,3 +75,36 @@ def scale_phase(
     out = wrap_to_pi(sign * data * (2 * np.pi / float(period)))
     out[~np.isfinite(out)] = 0.0
     return out.astype(np.float32)
+
+
+#: A phase image spanning less than this (rad) cannot be a wrapped phase of a head: tissue
+#: wraps and background noise cover most of the circle.
+MIN_PLAUSIBLE_SPAN_RAD = 0.05 * 2 * np.pi
+
+
+def pick_phase_values(
+    scaled: np.ndarray, unscaled: np.ndarray | None = None
+) -> tuple[np.ndarray, str | None]:
+    """Choose between header-scaled and stored phase values when the scaling is spurious.
+
+    Some converters write an ``scl_slope`` into phase images whose stored values are already
+    radians, e.g. a slope of ~1/855 turns +-pi into +-0.0037. A phase image spanning less than
+    :data:`MIN_PLAUSIBLE_SPAN_RAD` cannot be a head's wrapped phase, so if the stored
+    (unscaled) values do span a plausible range they are used instead, with a note saying so.
+
+    Returns ``(values, note)``; raises ``ValueError`` when neither is plausible.
+    """
+    span = float(np.nanmax(scaled) - np.nanmin(scaled))
+    if span >= MIN_PLAUSIBLE_SPAN_RAD:
+        return scaled, None
+    if unscaled is not None:
+        raw_span = float(np.nanmax(unscaled) - np.nanmin(unscaled))
+        if raw_span >= MIN_PLAUSIBLE_SPAN_RAD:
+            return unscaled, (
+                f"the header scaling (scl_slope/scl_inter) shrinks the phase to a span of "
+                f"{span:.3g}; using the stored values (span {raw_span:.3g}) instead"
+            )
+    raise ValueError(
+        f"phase spans only {span:.3g} after the header scaling, too little for a wrapped "
+        "phase image; check the file's scl_slope/scl_inter or the sidecar 'Units'"
+    )

@@ -42,7 +42,11 @@ class PhaseScaling(SimpleInterface):
     def _run_interface(self, runtime):
         from qsmprep.algorithms.phase import scale_phase
 
-        data, affine = nifti.load_stack(self.inputs.in_files, dtype=None)
+        data, affine, notes = nifti.load_phase_stack(self.inputs.in_files)
+        for note in notes:
+            import logging
+
+            logging.getLogger("qsmprep").warning(note)
         try:
             rad = scale_phase(data, units=self.inputs.units, sign=self.inputs.sign)
         except ValueError as exc:

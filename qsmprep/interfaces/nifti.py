@@ -42,6 +42,30 @@ def load_stack(paths: Sequence[str | os.PathLike], *, dtype=np.float32):
     return np.concatenate(arrays, axis=3), affine
 
 
+def load_phase_stack(paths: Sequence[str | os.PathLike]):
+    """Per-echo phase files as ``(X, Y, Z, E)``, float64, with spurious header scaling undone.
+
+    Returns ``(data, affine, notes)``; see :func:`qsmprep.algorithms.phase.pick_phase_values`.
+    """
+    import nibabel as nb
+
+    from qsmprep.algorithms.phase import pick_phase_values
+
+    load_stack(paths, dtype=None)  # validates shapes and affines, names the file
+    arrays, notes, affine = [], [], None
+    for p in paths:
+        scaled, affine = load(p, dtype=np.float64)
+        raw = np.asanyarray(nb.load(str(p)).dataobj.get_unscaled()).astype(np.float64)
+        try:
+            values, note = pick_phase_values(scaled, raw)
+        except ValueError as exc:
+            raise NiftiInputError(f"{p}: {exc}") from exc
+        if note:
+            notes.append(f"{p}: {note}")
+        arrays.append(values if values.ndim == 4 else values[..., None])
+    return np.concatenate(arrays, axis=3), affine, notes
+
+
 def save(data: np.ndarray, affine: np.ndarray, path: str | os.PathLike, *, dtype=np.float32) -> str:
     """Write ``data`` with ``affine`` (sform and qform) as ``dtype``; returns the path."""
     import nibabel as nb

@@ -56,3 +56,16 @@ def test_hz_ppm_roundtrip_uses_gamma():
     assert float(hz_to_ppm(ppm_to_hz(0.37, b0_tesla=7.0), b0_tesla=7.0)) == pytest.approx(0.37)
     with pytest.raises(ValueError):
         ppm_to_hz(1.0, b0_tesla=0)
+
+
+def test_spurious_header_scaling_is_undone_or_refused():
+    from qsmprep.algorithms.phase import pick_phase_values
+
+    raw = TRUE.reshape(-1)
+    shrunk = raw * 0.00117  # a converter's bogus scl_slope: +-pi -> +-0.0037
+    values, note = pick_phase_values(shrunk, raw)
+    assert values is raw and "scl_slope" in note
+    same, none = pick_phase_values(raw, raw * 2)
+    assert same is raw and none is None  # plausible data are left alone
+    with pytest.raises(ValueError, match="spans only"):
+        pick_phase_values(shrunk, shrunk)

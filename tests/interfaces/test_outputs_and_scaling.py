@@ -65,3 +65,18 @@ def test_derivative_names_and_sidecar(tmp_path):
     assert not list(out.parent.glob(".*.tmp"))  # no temporary left behind
     with pytest.raises(ValueError, match="subject"):
         derivative_path({}, suffix="Chimap")
+
+
+def test_real_crop_with_bogus_slope_is_read_as_radians(tmp_path, monkeypatch):
+    """ROMEO's test crop stores radians with a spurious scl_slope (~1/855)."""
+    from pathlib import Path
+
+    src = (
+        Path(__file__).resolve().parents[3] / "shared" / "data" / "real-megre-crop" / "phase.nii.gz"
+    )
+    if not src.exists():
+        pytest.skip("shared real data not available")
+    monkeypatch.chdir(tmp_path)
+    assert np.ptp(np.asanyarray(nb.load(str(src)).dataobj)) < 0.01  # what nibabel returns
+    rad = np.asanyarray(nb.load(PhaseScaling(in_files=[str(src)]).run().outputs.out_file).dataobj)
+    assert np.ptp(rad) > 6.0  # wrapped radians, not +-0.0037
