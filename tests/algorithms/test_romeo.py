@@ -25,7 +25,11 @@ VOX = (3.0, 3.0, 3.0)
 SHAPE = (64, 64, 64)
 TES = (0.004, 0.008, 0.012, 0.016)
 TWO_PI = 2 * np.pi
-REAL_CROP = Path("/work/shared/data/real-megre-crop")
+REAL_CROP = next(
+    (p for p in (Path(__file__).resolve().parents[3] / "shared" / "data" / "real-megre-crop",
+                 Path("/work/shared/data/real-megre-crop")) if p.exists()),
+    Path("/work/shared/data/real-megre-crop"),
+)  # the shared/ folder beside the checkout (CI) or the workspace's  # fmt: skip
 
 
 def _skimage_or_skip():
