@@ -173,3 +173,32 @@ def make_bids(tmp_path: Path) -> Callable[..., Path]:
         return write_bids_dataset(tmp_path / name, **options)
 
     return _make
+
+
+def real_crop_dir() -> Path:
+    """``shared/data/real-megre-crop``: beside the checkout (as CI lays it out) or the
+    workspace's; the returned path may not exist (tests then skip)."""
+    candidates = (
+        Path(__file__).resolve().parents[2] / "shared" / "data" / "real-megre-crop",
+        Path("/work/shared/data/real-megre-crop"),
+    )
+    return next((p for p in candidates if (p / "phase.nii.gz").exists()), candidates[0])
+
+
+@pytest.fixture(scope="session")
+def real_crop():
+    """Real 3-echo crop (ROMEO.jl test data): phase (rad), magnitude, voxel size, mask.
+
+    The stored floats are radians; the header's scl_slope (~1e-3) is spurious (its README).
+    """
+    from qsmprep.algorithms.masking import mask_from_magnitude
+
+    folder = real_crop_dir()
+    if not (folder / "phase.nii.gz").exists():
+        pytest.skip(f"real data not found at {folder}")
+    img = nib.load(folder / "phase.nii.gz")
+    phase = np.asarray(img.dataobj.get_unscaled(), dtype=np.float32)
+    assert np.abs(phase).max() <= np.pi * 1.001
+    mag = nib.load(folder / "mag.nii.gz").get_fdata(dtype=np.float32)
+    vox = tuple(float(v) for v in img.header.get_zooms()[:3])
+    return phase, mag, vox, mask_from_magnitude(mag)

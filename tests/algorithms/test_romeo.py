@@ -1,7 +1,6 @@
 """Ground-truth tests of exact unwrapping: ROMEO region growing, its multi-echo template
 mode, and reliability-sorted path following."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,7 +8,6 @@ from scipy import ndimage
 
 from qsmprep.algorithms import simulate
 from qsmprep.algorithms.constants import GAMMA_BAR_HZ_PER_T, wrap_to_pi
-from qsmprep.algorithms.masking import mask_from_magnitude
 from qsmprep.algorithms.romeo import (
     N_BINS,
     _grow,
@@ -25,11 +23,6 @@ VOX = (3.0, 3.0, 3.0)
 SHAPE = (64, 64, 64)
 TES = (0.004, 0.008, 0.012, 0.016)
 TWO_PI = 2 * np.pi
-REAL_CROP = next(
-    (p for p in (Path(__file__).resolve().parents[3] / "shared" / "data" / "real-megre-crop",
-                 Path("/work/shared/data/real-megre-crop")) if p.exists()),
-    Path("/work/shared/data/real-megre-crop"),
-)  # the shared/ folder beside the checkout (CI) or the workspace's  # fmt: skip
 
 
 def _skimage_or_skip():
@@ -262,21 +255,6 @@ def test_invalid_arguments_raise():
         )
     with pytest.raises(ValueError, match="2-D or 3-D"):
         unwrap_path(np.zeros(5))
-
-
-@pytest.fixture(scope="module")
-def real_crop():
-    """Real 3-echo crop (ROMEO.jl test data): phase in rad, magnitude, voxel size, mask."""
-    nib = pytest.importorskip("nibabel")
-    if not (REAL_CROP / "phase.nii.gz").exists():
-        pytest.skip(f"real data not found at {REAL_CROP}")
-    img = nib.load(REAL_CROP / "phase.nii.gz")
-    # the stored floats are radians; the header's scl_slope (~1e-3) is spurious (README)
-    phase = np.asarray(img.dataobj.get_unscaled(), dtype=np.float32)
-    assert np.abs(phase).max() <= np.pi * 1.001
-    mag = nib.load(REAL_CROP / "mag.nii.gz").get_fdata(dtype=np.float32)
-    vox = tuple(float(v) for v in img.header.get_zooms()[:3])
-    return phase, mag, vox, mask_from_magnitude(mag)
 
 
 def _check_real(unwrapped, phase, mask, consistent):

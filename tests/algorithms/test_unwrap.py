@@ -1,6 +1,5 @@
 """Ground-truth tests of spatial phase unwrapping (Laplacian / Neumann least squares)."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +9,6 @@ from qsmprep.algorithms import simulate
 from qsmprep.algorithms.combine import fit_field_linear
 from qsmprep.algorithms.constants import ppm_to_hz, wrap_to_pi
 from qsmprep.algorithms.kernels import laplacian_kernel
-from qsmprep.algorithms.masking import mask_from_magnitude
 from qsmprep.algorithms.unwrap import (
     UNWRAP_METHODS,
     _InverseNeumannLaplacian,
@@ -21,11 +19,6 @@ from qsmprep.algorithms.unwrap import (
 VOX = (3.0, 3.0, 3.0)
 SHAPE = (64, 64, 64)
 TWO_PI = 2 * np.pi
-REAL_CROP = next(
-    (p for p in (Path(__file__).resolve().parents[3] / "shared" / "data" / "real-megre-crop",
-                 Path("/work/shared/data/real-megre-crop")) if p.exists()),
-    Path("/work/shared/data/real-megre-crop"),
-)  # the shared/ folder beside the checkout (CI) or the workspace's  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -157,24 +150,6 @@ def test_invalid_arguments_raise():
         unwrap_laplacian(phase, voxel_size_mm=VOX, mask=np.ones((8, 8, 7), bool))
 
 
-@pytest.fixture(scope="module")
-def real_crop():
-    """Real 3-echo crop (ROMEO.jl test data): phase in rad, magnitude, voxel size, mask."""
-    nib = pytest.importorskip("nibabel")
-    if not (REAL_CROP / "phase.nii.gz").exists():
-        pytest.skip(f"real data not found at {REAL_CROP}")
-    img = nib.load(REAL_CROP / "phase.nii.gz")
-    # the stored floats are radians; the header's scl_slope (~1e-3) is spurious (README)
-    phase = np.asarray(img.dataobj.get_unscaled(), dtype=np.float32)
-    assert np.abs(phase).max() <= np.pi * 1.001
-    mag = nib.load(REAL_CROP / "mag.nii.gz").get_fdata(dtype=np.float32)
-    vox = tuple(float(v) for v in img.header.get_zooms()[:3])
-    mask = mask_from_magnitude(mag)
-    # the crop lies inside the brain: no air background, so the magnitude mask is all of it
-    assert mask.mean() > 0.99
-    return phase, mag, vox, mask
-
-
 def test_real_echoes_unwrap_consistently(real_crop):
     """Echo n of equally spaced echoes (TE_n = n dTE) has phase phi0 + n theta, so the second
     difference D = u1 - 2 u2 + u3 is 0 up to noise (sd ~2.4 / SNR) and one global whole turn.
@@ -182,6 +157,7 @@ def test_real_echoes_unwrap_consistently(real_crop):
     the half-way decision between right and wrong. Independently, no spatial 2 pi jump: each
     unwrapped neighbour difference equals the wrapped one."""
     phase, _, vox, mask = real_crop
+    assert mask.mean() > 0.99  # the crop lies inside the brain: the magnitude mask is all of it
     unwrapped = np.stack(
         [unwrap_laplacian(phase[..., e], voxel_size_mm=vox, mask=mask) for e in range(3)], -1
     )

@@ -69,14 +69,9 @@ def test_derivative_names_and_sidecar(tmp_path):
 
 def test_real_crop_with_bogus_slope_is_read_as_radians(tmp_path, monkeypatch):
     """ROMEO's test crop stores radians with a spurious scl_slope (~1/855)."""
-    from pathlib import Path
+    from conftest import real_crop_dir
 
-    src = next(
-        (p / "data" / "real-megre-crop" / "phase.nii.gz"
-         for p in (Path(__file__).resolve().parents[3] / "shared", Path("/work/shared"))
-         if (p / "data" / "real-megre-crop" / "phase.nii.gz").exists()),
-        Path("/nonexistent"),
-    )  # fmt: skip
+    src = real_crop_dir() / "phase.nii.gz"
     if not src.exists():
         pytest.skip("shared real data not available")
     monkeypatch.chdir(tmp_path)

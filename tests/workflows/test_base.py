@@ -90,3 +90,14 @@ def test_top_workflow_sends_crash_files_to_the_subject_log(tmp_path):
     wf = init_qsmprep_wf(settings, [_acq(tmp_path)], work_dir=tmp_path / "work")
     node = wf.get_node("sub_01_wf").get_node("qsm_wf").get_node("dipole_inversion")
     assert node.config["execution"]["crashdump_dir"] == str(tmp_path / "out" / "sub-01" / "log")
+
+
+def test_phase_sign_and_field_strength_reach_the_nodes(tmp_path):
+    """A sign flip or a wrong B0 here would scale or invert every Chimap."""
+    acq = _acq(tmp_path)
+    wf = init_single_acquisition_wf(acq, output_dir=str(tmp_path), bids_dir=str(tmp_path),
+                                    phase_sign=-1)  # fmt: skip
+    assert wf.get_node("field_wf").get_node("phase_scaling").inputs.sign == -1
+    inv = wf.get_node("qsm_wf").get_node("dipole_inversion")
+    assert inv.inputs.b0_tesla == acq.b0_tesla == 3.0
+    assert wf.get_node("field_wf").get_node("phase_scaling").inputs.units == "rad"
