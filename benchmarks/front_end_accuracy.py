@@ -13,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from qsmprep.algorithms import combine, combine_complex, masking, simulate
+from qsmprep.algorithms import combine, combine_complex, masking
 from qsmprep.algorithms.constants import ppm_to_hz
-from qsmprep.algorithms.kernels import b0_direction_from_affine
 from qsmprep.algorithms.metrics import nrmse
 from qsmprep.algorithms.unwrap import unwrap_field_hz
 
@@ -23,23 +22,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bids_examples"))
 
 
 def cases(large: bool):
-    from make_examples import SUBJECTS, oblique_affine
+    from make_examples import SUBJECTS, simulate_subject
 
     cfgs = dict(SUBJECTS)
     if large:
         cfgs["1mm"] = dict(shape=(160, 192, 160), voxel=(1.0, 1.0, 1.0), angles_deg=(0, 0),
                            b0=3.0, tes=(0.004, 0.008, 0.012, 0.016), seed=5)  # fmt: skip
     for name, cfg in cfgs.items():
-        affine = oblique_affine(cfg["shape"], cfg["voxel"], cfg["angles_deg"])
-        b0_dir = b0_direction_from_affine(affine)
-        ph = simulate.make_head_phantom(cfg["shape"], voxel_size_mm=cfg["voxel"], rng=cfg["seed"])
-        sig = simulate.simulate_gre(
-            ph.chi_ppm, voxel_size_mm=cfg["voxel"], echo_times_s=cfg["tes"], b0_tesla=cfg["b0"],
-            b0_direction=b0_dir, m0=ph.m0 * ph.head_mask,
-            r2star_hz=simulate.r2star_at(ph.r2star_3t, cfg["b0"]),
-            phase_offset_rad=simulate.phase_offset_map(cfg["shape"], rng=cfg["seed"]),
-            snr=100.0, rng=cfg["seed"],
-        )  # fmt: skip
+        affine, _, ph, sig = simulate_subject(cfg)
         yield name, cfg, affine, ph, sig
 
 

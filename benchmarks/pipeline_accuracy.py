@@ -18,11 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from qsmprep.algorithms import combine, masking, simulate
+from qsmprep.algorithms import combine, masking
 from qsmprep.algorithms.background import remove_background
 from qsmprep.algorithms.constants import hz_to_ppm
 from qsmprep.algorithms.inversion import invert
-from qsmprep.algorithms.kernels import b0_direction_from_affine
 from qsmprep.algorithms.metrics import nrmse
 from qsmprep.algorithms.referencing import reference_chi
 from qsmprep.algorithms.unwrap import unwrap_field_hz
@@ -32,22 +31,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bids_examples"))
 
 def own_subjects():
     """Subjects from qsmprep's simulator: the example geometries plus a 1.5 T single echo."""
-    from make_examples import SUBJECTS, oblique_affine
+    from make_examples import SUBJECTS, simulate_subject
 
     cases = dict(SUBJECTS)
     cases["1p5T-single"] = dict(shape=(64, 64, 52), voxel=(2.0, 2.0, 2.5), angles_deg=(0, 15),
                                 b0=1.5, tes=(0.020,), phase="rad", seed=3)  # fmt: skip
     for name, cfg in cases.items():
-        affine = oblique_affine(cfg["shape"], cfg["voxel"], cfg["angles_deg"])
-        b0_dir = b0_direction_from_affine(affine)
-        ph = simulate.make_head_phantom(cfg["shape"], voxel_size_mm=cfg["voxel"], rng=cfg["seed"])
-        sig = simulate.simulate_gre(
-            ph.chi_ppm, voxel_size_mm=cfg["voxel"], echo_times_s=cfg["tes"], b0_tesla=cfg["b0"],
-            b0_direction=b0_dir, m0=ph.m0 * ph.head_mask,
-            r2star_hz=simulate.r2star_at(ph.r2star_3t, cfg["b0"]),
-            phase_offset_rad=simulate.phase_offset_map(cfg["shape"], rng=cfg["seed"]),
-            snr=100.0, rng=cfg["seed"],
-        )  # fmt: skip
+        affine, b0_dir, ph, sig = simulate_subject(cfg)
         yield name, dict(phase=sig.phase_rad, mag=sig.magnitude, tes=cfg["tes"], b0=cfg["b0"],
                          vox=cfg["voxel"], b0_dir=b0_dir, truth=ph.true_chi(),
                          brain=ph.brain_mask)  # fmt: skip

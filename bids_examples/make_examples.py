@@ -61,8 +61,9 @@ def _save(data, affine, path: Path, dtype, meta: dict | None = None) -> None:
         )
 
 
-def make_subject(root: Path, sub: str, cfg: dict) -> None:
-    """Simulate one subject and write raw data + ground truth."""
+def simulate_subject(cfg: dict):
+    """``(affine, b0_direction, phantom, signal)`` of one subject configuration (also used by
+    the benchmarks): an (oblique) slab with B0 from its affine, SNR 100."""
     affine = oblique_affine(cfg["shape"], cfg["voxel"], cfg["angles_deg"])
     b0_dir = b0_direction_from_affine(affine)
     ph = simulate.make_head_phantom(cfg["shape"], voxel_size_mm=cfg["voxel"], rng=cfg["seed"])
@@ -73,6 +74,12 @@ def make_subject(root: Path, sub: str, cfg: dict) -> None:
         phase_offset_rad=simulate.phase_offset_map(cfg["shape"], rng=cfg["seed"]),
         snr=100.0, rng=cfg["seed"],
     )  # fmt: skip
+    return affine, b0_dir, ph, sig
+
+
+def make_subject(root: Path, sub: str, cfg: dict) -> None:
+    """Simulate one subject and write raw data + ground truth."""
+    affine, b0_dir, ph, sig = simulate_subject(cfg)
     anat = root / f"sub-{sub}" / "anat"
     mag_scale = 4000.0 / float(sig.magnitude.max())  # one scale for all echoes keeps the decay
     for e, te in enumerate(cfg["tes"], start=1):
