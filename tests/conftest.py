@@ -202,3 +202,18 @@ def real_crop():
     mag = nib.load(folder / "mag.nii.gz").get_fdata(dtype=np.float32)
     vox = tuple(float(v) for v in img.header.get_zooms()[:3])
     return phase, mag, vox, mask_from_magnitude(mag)
+
+
+def noisy_local_field(phantom, *, voxel_size_mm, b0_direction=(0.0, 0.0, 1.0),
+                      noise_ppm: float = 1e-3, seed: int = 0, chi=None):  # fmt: skip
+    """``(chi, local_field_ppm)``: the field of ``chi`` (default: the phantom's
+    brain-referenced truth) restricted to the brain, plus seeded Gaussian noise, zero
+    outside the brain."""
+    from qsmprep.algorithms.kernels import forward_field
+
+    chi = phantom.true_chi() if chi is None else chi
+    brain = phantom.brain_mask
+    f = forward_field(np.where(brain, chi, 0), voxel_size_mm=voxel_size_mm,
+                      b0_direction=b0_direction)  # fmt: skip
+    f = f + np.random.default_rng(seed).normal(0, noise_ppm, f.shape).astype(np.float32)
+    return chi, np.where(brain, f, 0).astype(np.float32)

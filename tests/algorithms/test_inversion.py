@@ -9,8 +9,9 @@ tilt ~80-125 %, treating 2x2x3 mm voxels as isotropic 47-72 %.
 
 import numpy as np
 import pytest
+from conftest import noisy_local_field
 
-from qsmprep.algorithms import kernels, metrics, simulate
+from qsmprep.algorithms import metrics, simulate
 from qsmprep.algorithms.inversion import DEFAULT_METHOD, INVERSION_METHODS, _common, invert
 from qsmprep.algorithms.referencing import reference_chi
 
@@ -42,11 +43,8 @@ GEOMETRY = tuple(dict.fromkeys(("tkd", "rts", DEFAULT_METHOD)))
 
 def _case(shape=(64, 64, 64), vox=(3.0, 3.0, 3.0), b0=(0.0, 0.0, 1.0)):
     ph = simulate.make_head_phantom(shape, voxel_size_mm=vox)
-    chi = ph.true_chi()
-    brain = ph.brain_mask
-    f = kernels.forward_field(np.where(brain, chi, 0), voxel_size_mm=vox, b0_direction=b0)
-    f = f + np.random.default_rng(0).normal(0, NOISE_PPM, f.shape).astype(np.float32)
-    return ph, chi, np.where(brain, f, 0).astype(np.float32)
+    chi, f = noisy_local_field(ph, voxel_size_mm=vox, b0_direction=b0, noise_ppm=NOISE_PPM)
+    return ph, chi, f
 
 
 def _label(ph, name):

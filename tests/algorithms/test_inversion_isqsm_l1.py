@@ -7,8 +7,9 @@ plain CG ``isqsm`` on the same data; B0 along x instead of z: 173 %.
 
 import numpy as np
 import pytest
+from conftest import noisy_local_field
 
-from qsmprep.algorithms import kernels, metrics, simulate
+from qsmprep.algorithms import metrics, simulate
 from qsmprep.algorithms.inversion.incomplete_spectrum import isqsm
 from qsmprep.algorithms.inversion.incomplete_spectrum_l1 import (
     haar_forward,
@@ -24,11 +25,8 @@ NRMSE_MAX = 35.0  # measured 31.6
 @pytest.fixture(scope="module")
 def axial():
     ph = simulate.make_head_phantom((64, 64, 64), voxel_size_mm=VOX)
-    chi = ph.true_chi()
-    brain = ph.brain_mask
-    f = kernels.forward_field(np.where(brain, chi, 0), voxel_size_mm=VOX, b0_direction=(0, 0, 1))
-    f = f + np.random.default_rng(0).normal(0, NOISE_PPM, f.shape).astype(np.float32)
-    return ph, chi, np.where(brain, f, 0).astype(np.float32)
+    chi, f = noisy_local_field(ph, voxel_size_mm=VOX, noise_ppm=NOISE_PPM)
+    return ph, chi, f
 
 
 @pytest.fixture(scope="module")
