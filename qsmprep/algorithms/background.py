@@ -124,6 +124,19 @@ def _erode(dist_mm: np.ndarray, radius_mm: float) -> np.ndarray:
     return dist_mm**2 > radius_mm**2 * (1.0 + 1e-4)
 
 
+def _crop_and_erode(f, m, vox, r):
+    """Crop to the mask's bounding box (+ one radius) and erode by the SMV radius ``r`` (mm).
+
+    Returns ``(box, field_crop, mask_crop, eroded_crop, fft_shape)``.
+    """
+    box = _bbox(m, [int(np.ceil(r / v)) + 1 for v in vox])
+    fc, mc = f[box], m[box]
+    eroded = _erode(_distance_mm(mc, vox), r)
+    if not eroded.any():
+        raise ValueError(f"mask is too thin: eroding it by radius_mm={r} leaves nothing")
+    return box, fc, mc, eroded, fast_shape(fc.shape)
+
+
 def _conv(image: np.ndarray, kernel: np.ndarray, shape) -> np.ndarray:
     """Periodic convolution on the padded grid ``shape`` (``kernel`` is an rfft spectrum)."""
     return irfftn(rfftn(image) * kernel, shape).astype(np.float32, copy=False)
@@ -347,12 +360,7 @@ def resharp(
     lam = np.float32(_check_range("lambda_reg", lambda_reg, 0.0))
     tol = _check_range("tol", tol, 0.0, 1.0)
     max_iter = _check_range("max_iter", max_iter, 1, integer=True)
-    box = _bbox(m, [int(np.ceil(r / v)) + 1 for v in vox])
-    fc, mc = f[box], m[box]
-    eroded = _erode(_distance_mm(mc, vox), r)
-    if not eroded.any():
-        raise ValueError(f"mask is too thin: eroding it by radius_mm={r} leaves nothing")
-    shape = fast_shape(fc.shape)
+    box, fc, mc, eroded, shape = _crop_and_erode(f, m, vox, r)
     hp = 1.0 - smv_kernel(shape, voxel_size_mm=vox, radius_mm=r)
     me = pad_to(eroded, shape).astype(np.float32)
 
@@ -410,12 +418,7 @@ def ismv(
     r = _check_radius(max(5.0, 2.0 * max(vox)) if radius_mm is None else radius_mm, vox)
     tol = _check_range("tol", tol, 0.0, 1.0)
     max_iter = _check_range("max_iter", max_iter, 1, integer=True)
-    box = _bbox(m, [int(np.ceil(r / v)) + 1 for v in vox])
-    fc, mc = f[box], m[box]
-    eroded = _erode(_distance_mm(mc, vox), r)
-    if not eroded.any():
-        raise ValueError(f"mask is too thin: eroding it by radius_mm={r} leaves nothing")
-    shape = fast_shape(fc.shape)
+    box, fc, mc, eroded, shape = _crop_and_erode(f, m, vox, r)
     s = smv_kernel(shape, voxel_size_mm=vox, radius_mm=r)
     me = pad_to(eroded, shape)
     f_bg = pad_to(fc, shape)
