@@ -41,6 +41,19 @@ def hz_to_ppm(field_hz: npt.ArrayLike, *, b0_tesla: float) -> np.ndarray:
     return np.asarray(field_hz) / (GAMMA_BAR_HZ_PER_T * _check_b0(b0_tesla) * 1e-6)
 
 
+def phase_rad_per_ppm(*, b0_tesla: float, echo_time_s: float) -> float:
+    """Phase (rad) accrued per ppm of field at ``echo_time_s``: ``2 pi gamma_bar B0 TE 1e-6``.
+
+    Examples
+    --------
+    >>> round(phase_rad_per_ppm(b0_tesla=3.0, echo_time_s=0.02), 2)
+    16.05
+    """
+    if not float(echo_time_s) > 0:
+        raise ValueError(f"echo_time_s must be positive seconds, got {echo_time_s!r}")
+    return float(2 * np.pi * GAMMA_BAR_HZ_PER_T * _check_b0(b0_tesla) * 1e-6 * float(echo_time_s))
+
+
 def wrap_to_pi(phase_rad: npt.ArrayLike) -> np.ndarray:
     """Wrap angles (rad) into ``[-pi, pi)``."""
     phase = np.asarray(phase_rad)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import math
 import re
 from pathlib import Path
 
@@ -12,7 +11,7 @@ from nipype.pipeline import engine as pe
 
 from qsmprep.__about__ import __version__
 from qsmprep.algorithms.background import BFR_METHODS
-from qsmprep.algorithms.constants import GAMMA_BAR_HZ_PER_T
+from qsmprep.algorithms.constants import phase_rad_per_ppm
 from qsmprep.algorithms.inversion import INVERSION_METHODS, USES_MAGNITUDE
 from qsmprep.interfaces.field import R2starMapping, SWIMapping
 from qsmprep.workflows.field import init_field_wf
@@ -136,9 +135,9 @@ def init_single_acquisition_wf(
         phase_offset_correction=phase_offset_correction, bipolar_correction=bipolar_correction,
     )  # fmt: skip
     if inversion in USES_MAGNITUDE:  # nonlinear data terms: phase (rad) per ppm at mean TE
-        inversion_params = {"phase_scale_rad_per_ppm": 2 * math.pi * GAMMA_BAR_HZ_PER_T
-                            * acq.b0_tesla * 1e-6 * float(sum(echo_times) / len(echo_times)),
-                            **(inversion_params or {})}  # fmt: skip
+        scale = phase_rad_per_ppm(b0_tesla=acq.b0_tesla,
+                                  echo_time_s=sum(echo_times) / len(echo_times))  # fmt: skip
+        inversion_params = {"phase_scale_rad_per_ppm": scale, **(inversion_params or {})}
     qsm_wf = init_qsm_wf(
         b0_tesla=acq.b0_tesla, bfr=bfr, bfr_params=bfr_params, inversion=inversion,
         inversion_params=inversion_params, reference=reference, mem_gb=mem_gb,

@@ -51,6 +51,17 @@ def test_sign_flip_and_declared_units():
         scale_phase(np.array([np.nan]))
 
 
+def test_phase_per_ppm_uses_gamma_b0_and_te():
+    from qsmprep.algorithms.constants import phase_rad_per_ppm
+
+    # 1 ppm at 3 T is 127.73 Hz; over 20 ms that is 2.5546 turns
+    assert phase_rad_per_ppm(b0_tesla=3.0, echo_time_s=0.02) == pytest.approx(
+        2 * np.pi * 127.7324 * 0.02, rel=1e-5
+    )
+    with pytest.raises(ValueError):
+        phase_rad_per_ppm(b0_tesla=3.0, echo_time_s=0.0)
+
+
 def test_hz_ppm_roundtrip_uses_gamma():
     assert float(ppm_to_hz(1.0, b0_tesla=3.0)) == pytest.approx(127.7324, rel=1e-5)
     assert float(hz_to_ppm(ppm_to_hz(0.37, b0_tesla=7.0), b0_tesla=7.0)) == pytest.approx(0.37)
