@@ -67,8 +67,11 @@ INVERSION_CHOICES: tuple[str, ...] = (
     "tv", "rts", "tkd", "tsvd", "tikhonov", "isqsm", "isqsm-l1", "ilsqr", "star", "medi", "nltv",
     "ndi",
 )  # fmt: skip
-#: Susceptibility reference regions (``none`` keeps the inversion's own offset).
-REFERENCE_CHOICES: tuple[str, ...] = ("brain", "none")
+#: Susceptibility reference regions (``none`` keeps the inversion's own offset). Any region
+#: name of the atlas is accepted too; ``csf`` means its lateral ventricles.
+REFERENCE_CHOICES: tuple[str, ...] = ("brain", "csf", "none")
+#: Default atlas (``seg`` entity) of the regional tables.
+DEFAULT_ATLAS = "qsmprep"
 #: Allowed phase-sign conventions (+1: the documented default, -1: flip the phase).
 PHASE_SIGNS: tuple[int, ...] = (1, -1)
 
@@ -77,6 +80,7 @@ _MAX_ABS_DIPOLE = 2.0 / 3.0
 _LABEL_RE = re.compile(r"[0-9A-Za-z]+")
 _PATH_FIELDS = (
     "bids_dir", "output_dir", "work_dir", "use_plugin", "bids_filter_file", "brain_mask_dir",
+    "atlas_labels",
 )  # fmt: skip
 _FLOAT_FIELDS = (
     "mem_gb",
@@ -94,7 +98,6 @@ _CHOICE_FIELDS = {
     "unwrapping": UNWRAPPING_CHOICES,
     "bfr": BFR_CHOICES,
     "inversion": INVERSION_CHOICES,
-    "reference": REFERENCE_CHOICES,
 }
 
 
@@ -184,6 +187,9 @@ class Settings:
     phase_offset_correction: str = "none"
     bipolar_correction: bool = False
     write_swi: bool = True
+    regions: bool = True
+    atlas: str = DEFAULT_ATLAS
+    atlas_labels: Path | None = None
 
     def __post_init__(self) -> None:
         self._normalize()
@@ -212,6 +218,18 @@ class Settings:
             value = getattr(self, name)
             if value not in choices:
                 raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+        if not isinstance(self.reference, str) or not re.fullmatch(r"[\w.-]+", self.reference):
+            raise ValueError(
+                f"reference must be one of {', '.join(REFERENCE_CHOICES)} or an atlas region "
+                f"name; got {self.reference!r}"
+            )
+        if self.reference not in ("brain", "none") and not self.regions:
+            raise ValueError(
+                f"reference {self.reference!r} needs the atlas: it cannot be used with "
+                "--no-regions"
+            )
+        if not isinstance(self.atlas, str) or not self.atlas:
+            raise ValueError(f"atlas must be a name or a file; got {self.atlas!r}")
         if self.phase_sign not in PHASE_SIGNS:
             raise ValueError(f"phase_sign must be 1 or -1; got {self.phase_sign!r}")
 

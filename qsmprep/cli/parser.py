@@ -123,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_resource_options(parser)
     _add_acquisition_options(parser)
     _add_stage_options(parser)
+    _add_region_options(parser)
     _add_other_options(parser)
     return parser
 
@@ -260,12 +261,6 @@ def _add_stage_options(parser: argparse.ArgumentParser) -> None:
             "docs/algorithms.md (tv = total variation ADMM, rts = rapid two-step, tkd = "
             "truncated k-space division, medi/nltv/ndi = nonlinear data terms)",
         ),
-        (
-            "reference",
-            REFERENCE_CHOICES,
-            "susceptibility reference: 'brain' subtracts the mean "
-            "over the brain mask, 'none' keeps the inversion's own offset",
-        ),
     )
     for name, choices, text in stages:
         group.add_argument(
@@ -332,6 +327,44 @@ def _add_stage_options(parser: argparse.ArgumentParser) -> None:
         help="use your own masks: a BIDS derivatives folder holding "
         "sub-X/[ses-Y/]anat/<prefix>_desc-brain_mask.nii[.gz] for every acquisition "
         "(overrides --masking)",
+    )
+
+
+def _add_region_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("Template registration and regional susceptibility")
+    group.add_argument(
+        "--reference",
+        dest="reference",
+        metavar="REGION",
+        help="susceptibility reference: 'brain' subtracts the mean over the brain mask, 'csf' "
+        "the mean of the atlas's lateral ventricles, any atlas region name (e.g. "
+        "white_matter; both hemispheres) its mean, 'none' keeps the inversion's own offset "
+        f"(default: {_DEFAULTS['reference']}; choices: {', '.join(REFERENCE_CHOICES)} or a "
+        "region)",
+    )
+    group.add_argument(
+        "--atlas",
+        dest="atlas",
+        metavar="NAME|FILE",
+        help="atlas of the regional tables: 'qsmprep' (deep grey nuclei, cortex, white matter, "
+        "ventricles; see docs/atlases.md), 'AAL3', 'HCPex', an atlas in TemplateFlow's cache, "
+        "or a label NIfTI in MNI152NLin2009cAsym with --atlas-labels "
+        f"(default: {_DEFAULTS['atlas']})",
+    )
+    group.add_argument(
+        "--atlas-labels",
+        dest="atlas_labels",
+        type=Path,
+        metavar="FILE.tsv",
+        help="label table of an --atlas file: a TSV with columns index and name",
+    )
+    group.add_argument(
+        "--regions",
+        dest="regions",
+        action=argparse.BooleanOptionalAction,
+        help="register to MNI152NLin2009cAsym (ANTs) and write the native-space atlas "
+        "(_dseg), the regional table (_desc-regions_stats.tsv), the transforms and a "
+        "template-space Chimap (default: on when magnitude is available)",
     )
 
 

@@ -106,15 +106,19 @@ def _bids_filter(settings):
     return load_bids_filter(settings.bids_filter_file) if settings.bids_filter_file else None
 
 
-def _cleanup_failed(settings, acquisitions) -> list[str]:
-    """Remove the outputs of acquisitions without a Chimap; return their names."""
+def _cleanup_failed(settings, acquisitions, regions=None) -> list[str]:
+    """Remove the outputs of incomplete acquisitions (no Chimap, or no regional table when
+    the regional stage ran); return their names."""
     failed = []
     for acq in acquisitions:
         anat = Path(settings.output_dir) / f"sub-{acq.subject}"
         if acq.session:
             anat = anat / f"ses-{acq.session}"
         anat = anat / "anat"
-        if not (anat / f"{acq.name}_Chimap.nii.gz").exists():
+        expected = [f"{acq.name}_Chimap.nii.gz"]
+        if regions and acq.magnitude_files:
+            expected.append(f"{acq.name}_seg-{regions['atlas_name']}_desc-regions_stats.tsv")
+        if not all((anat / name).exists() for name in expected):
             failed.append(acq.name)
             for f in anat.glob(f"{acq.name}_*"):
                 f.unlink()
@@ -187,6 +191,22 @@ def run_participant(settings) -> int:
     for acq in acquisitions:
         for warning in check_acquisition_advice(acq):
             LOGGER.warning("%s: %s", acq.name, warning)
+    from qsmprep.data.atlases import AtlasError
+    from qsmprep.data.templates import TemplateNotFoundError
+    from qsmprep.workflows.base import resolve_regions
+
+    try:
+        regions = resolve_regions(settings)
+    except (AtlasError, TemplateNotFoundError, ValueError) as exc:
+        return _fail(str(exc).splitlines()[0])
+    if regions:
+        for acq in acquisitions:
+            if not acq.magnitude_files:
+                if settings.reference not in ("brain", "none"):
+                    return _fail(f"{acq.name}: --reference {settings.reference} needs "
+                                 "magnitude images (for the registration); it has none")
+                LOGGER.warning("%s: no magnitude images, so no template registration or "
+                               "regional table", acq.name)  # fmt: skip
     if settings.dry_run:
         print(describe_plan(settings, acquisitions))
         return 1 if errors else 0
@@ -212,14 +232,14 @@ def run_participant(settings) -> int:
         log_dir = out / f"sub-{sub}" / "log"
         log_dir.mkdir(parents=True, exist_ok=True)
         settings.to_toml(log_dir / "qsmprep.toml")
-    workflow = init_qsmprep_wf(settings, acquisitions, work_dir=work_dir)
+    workflow = init_qsmprep_wf(settings, acquisitions, work_dir=work_dir, regions=regions)
     _write_citation(workflow, out)
     plugin, plugin_args = _plugin(settings)
     try:
         workflow.run(plugin=plugin, plugin_args=plugin_args)
     except Exception as exc:  # nipype raises RuntimeError listing crashed nodes
         LOGGER.debug("nipype reported crashed nodes: %s", exc)
-    failed = _cleanup_failed(settings, acquisitions)
+    failed = _cleanup_failed(settings, acquisitions, regions)
     for name in failed:
         log_dir = out / name.split("_")[0] / "log"
         print(f"qsmprep: error: {name} failed: {_crash_reason(log_dir)} "

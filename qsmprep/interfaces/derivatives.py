@@ -18,8 +18,10 @@ from nipype.interfaces.base import (
 )
 
 #: Entity order of qsmprep derivative names (BIDS specification, appendix "entity table").
+#: ``from``/``to``/``mode`` name transforms, as in sMRIPrep and fMRIPrep.
 ENTITY_ORDER = (("subject", "sub"), ("session", "ses"), ("acquisition", "acq"), ("run", "run"),
-                ("echo", "echo"), ("part", "part"), ("space", "space"), ("seg", "seg"),
+                ("from", "from"), ("to", "to"), ("mode", "mode"), ("echo", "echo"),
+                ("part", "part"), ("space", "space"), ("seg", "seg"),
                 ("desc", "desc"))  # fmt: skip
 
 
@@ -55,11 +57,12 @@ class _SinkInputSpec(BaseInterfaceInputSpec):
     metadata = traits.Dict(traits.Str, traits.Any, {}, usedefault=True, desc="sidecar fields")
     source_files = InputMultiObject(traits.Str, desc="raw inputs (paths or BIDS URIs)")
     bids_dir = traits.Str(desc="input dataset, to write Sources as BIDS URIs")
+    sidecar = traits.Bool(True, usedefault=True, desc="write the JSON sidecar")
 
 
 class _SinkOutputSpec(TraitedSpec):
     out_file = File(exists=True)
-    out_meta = File(exists=True)
+    out_meta = File(desc="JSON sidecar (when written)")
 
 
 class DerivativesSink(SimpleInterface):
@@ -89,11 +92,12 @@ class DerivativesSink(SimpleInterface):
             meta["Sources"] = [
                 bids_uri(s, bids_dir) if bids_dir else s for s in self.inputs.source_files
             ]
-        sidecar = out.with_name(out.name.removesuffix(self.inputs.extension) + ".json")
-        tmp_json = sidecar.with_name(f".{sidecar.name}.tmp")
-        tmp_json.write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
         os.replace(tmp, out)
-        os.replace(tmp_json, sidecar)
         self._results["out_file"] = str(out)
-        self._results["out_meta"] = str(sidecar)
+        if self.inputs.sidecar:
+            sidecar = out.with_name(out.name.removesuffix(self.inputs.extension) + ".json")
+            tmp_json = sidecar.with_name(f".{sidecar.name}.tmp")
+            tmp_json.write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+            os.replace(tmp_json, sidecar)
+            self._results["out_meta"] = str(sidecar)
         return runtime

@@ -97,7 +97,10 @@ class DipoleInversion(SimpleInterface):
 class _RefInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="chi (ppm)")
     mask = File(exists=True, mandatory=True)
-    reference = traits.Enum("brain", "none", usedefault=True)
+    reference = traits.Str("brain", usedefault=True,
+                           desc="'brain', 'none', or a region of the labels (csf, an atlas name)")
+    labels = File(exists=True, desc="native-space atlas labels (for a region reference)")
+    region_labels = traits.List(traits.Int, desc="label indices forming the reference region")
 
 
 class _RefOutputSpec(TraitedSpec):
@@ -105,20 +108,35 @@ class _RefOutputSpec(TraitedSpec):
 
 
 class Referencing(SimpleInterface):
-    """Reference chi to the mean of a region (``brain``: whole-brain mask) or not at all."""
+    """Reference chi to the mean of a region: ``brain`` (the whole mask), an atlas region
+    (``labels`` + ``region_labels``: the union of those labels inside the mask), or ``none``."""
 
     input_spec = _RefInputSpec
     output_spec = _RefOutputSpec
 
     def _run_interface(self, runtime):
+        import numpy as np
+
         from qsmprep.algorithms.referencing import reference_chi
 
         chi, affine = nifti.load(self.inputs.in_file)
         mask = nifti.load(self.inputs.mask)[0] > 0
-        if self.inputs.reference == "brain":
+        reference = self.inputs.reference
+        if reference == "brain":
             chi = reference_chi(chi, mask)
-        else:
+        elif reference == "none":
             chi = chi * mask
+        else:
+            if not isdefined(self.inputs.labels) or not self.inputs.region_labels:
+                raise ValueError(f"reference region {reference!r} needs atlas labels")
+            labels = np.rint(nifti.load(self.inputs.labels)[0]).astype(np.int64)
+            region = np.isin(labels, list(self.inputs.region_labels)) & mask
+            if not region.any():
+                raise ValueError(
+                    f"reference region {reference!r} has no voxel inside the QSM mask "
+                    f"(registration failed or the region lies outside the field of view)"
+                )
+            chi = reference_chi(chi, mask, region_mask=region)
         out = os.path.join(runtime.cwd, "chi_ref_ppm.nii.gz")
         self._results["out_file"] = nifti.save(chi, affine, out)
         return runtime

@@ -15,8 +15,9 @@ from qsmprep.algorithms.constants import phase_rad_per_ppm
 from qsmprep.algorithms.inversion import INVERSION_METHODS, USES_MAGNITUDE
 from qsmprep.interfaces.field import R2starMapping, SWIMapping
 from qsmprep.workflows.field import init_field_wf
-from qsmprep.workflows.outputs import OUTPUTS, init_derivatives_wf
+from qsmprep.workflows.outputs import OUTPUTS, init_derivatives_wf, regional_outputs
 from qsmprep.workflows.qsm import METHOD_DOIS, init_qsm_wf
+from qsmprep.workflows.regions import init_regional_stats_wf, init_registration_wf
 
 #: Image-size model for node memory: bytes per voxel per echo held by the heaviest stage.
 _BYTES_PER_VOXEL_ECHO = 4 * 12
@@ -49,10 +50,53 @@ def stage_parameters(settings) -> tuple[dict, dict]:
     return bfr_params, inv_params
 
 
-def init_qsmprep_wf(settings, acquisitions, *, work_dir: str | Path) -> pe.Workflow:
-    """Build the whole run: reads ``settings`` here and passes plain values below."""
+def resolve_regions(settings, atlas=None) -> dict | None:
+    """Template, atlas and reference-label indices of the regional stage (None when off).
+
+    Raises ``ValueError`` (one line) for an unknown atlas, or a reference region the atlas
+    does not have.
+    """
+    if not settings.regions:
+        return None
+    from qsmprep.data.atlases import resolve_atlas
+    from qsmprep.data.templates import TEMPLATE, get_template
+
+    if atlas is None:
+        atlas = resolve_atlas(settings.atlas, settings.atlas_labels)
+    reference_labels = None
+    if settings.reference not in ("brain", "none"):
+        reference_labels = atlas.region_indices(settings.reference)
+        if not reference_labels:
+            raise ValueError(
+                f"--reference {settings.reference}: not a region of the {atlas.name} atlas "
+                f"(its regions: {', '.join(_region_names(atlas.labels))})"
+            )
+    return {"template": str(get_template(TEMPLATE).path), "template_name": TEMPLATE,
+            "atlas_name": atlas.name, "atlas_path": str(atlas.path),
+            "label_names": dict(atlas.labels), "reference_labels": reference_labels,
+            "atlas_source": atlas.source}  # fmt: skip
+
+
+def _region_names(labels: dict[int, str]) -> list[str]:
+    from qsmprep.algorithms.regions import split_hemisphere
+
+    names = dict.fromkeys(split_hemisphere(n)[0] for n in labels.values())
+    listed = list(names)
+    return listed[:20] + (["..."] if len(listed) > 20 else [])
+
+
+def init_qsmprep_wf(
+    settings, acquisitions, *, work_dir: str | Path, regions: dict | None = None
+) -> pe.Workflow:
+    """Build the whole run: reads ``settings`` here and passes plain values below.
+
+    ``regions`` is :func:`resolve_regions`'s result (resolved here when None and
+    ``settings.regions`` is on).
+    """
     workflow = pe.Workflow(name=f"qsmprep_{__version__.replace('.', '_')}_wf",
                            base_dir=str(work_dir))  # fmt: skip
+    if regions is None:
+        regions = resolve_regions(settings)
     bfr_params, inv_params = stage_parameters(settings)
     user_masks = {}
     if settings.brain_mask_dir:
@@ -79,6 +123,7 @@ def init_qsmprep_wf(settings, acquisitions, *, work_dir: str | Path) -> pe.Workf
             phase_offset_correction=settings.phase_offset_correction,
             bipolar_correction=settings.bipolar_correction,
             write_swi=settings.write_swi,
+            regions=regions,
         )
         log_dir = Path(settings.output_dir) / f"sub-{acq.subject}" / "log"
         _set_crashdump_dir(wf, log_dir)
@@ -117,9 +162,14 @@ def init_single_acquisition_wf(
     phase_offset_correction: str = "none",
     bipolar_correction: bool = False,
     write_swi: bool = True,
+    regions: dict | None = None,
     name: str | None = None,
 ) -> pe.Workflow:
-    """Raw MEGRE phase (+ magnitude) of one acquisition -> derivatives."""
+    """Raw MEGRE phase (+ magnitude) of one acquisition -> derivatives.
+
+    ``regions`` (from :func:`resolve_regions`) adds template registration, native-space atlas
+    labels and the regional table; it needs magnitude images and is skipped without them.
+    """
     workflow = pe.Workflow(name=name or _node_name(acq))
     echo_times = list(acq.echo_times_s)
     mem_gb = estimate_mem_gb(n_voxels, len(echo_times))
@@ -138,10 +188,16 @@ def init_single_acquisition_wf(
         scale = phase_rad_per_ppm(b0_tesla=acq.b0_tesla,
                                   echo_time_s=sum(echo_times) / len(echo_times))  # fmt: skip
         inversion_params = {"phase_scale_rad_per_ppm": scale, **(inversion_params or {})}
+    if regions is not None and not has_mag:
+        regions = None  # registration needs the magnitude; the runner warns
+    if regions is None and reference not in ("brain", "none"):
+        raise ValueError(f"{acq.name}: reference {reference!r} needs atlas labels, which need "
+                         "magnitude images for the registration")  # fmt: skip
     qsm_wf = init_qsm_wf(
         b0_tesla=acq.b0_tesla, bfr=bfr, bfr_params=bfr_params, inversion=inversion,
         inversion_params=inversion_params, reference=reference, mem_gb=mem_gb,
         n_procs=omp_nthreads,
+        reference_labels=regions["reference_labels"] if regions else None,
     )  # fmt: skip
     metadata = {
         "EchoTime": echo_times,
@@ -151,6 +207,8 @@ def init_single_acquisition_wf(
         f"combination, {unwrapping} "
         f"unwrapping, {bfr} background removal, {inversion} dipole inversion",
         "ReferenceRegion": reference,
+        **({"Atlas": regions["atlas_name"], "AtlasSource": regions["atlas_source"],
+            "Template": regions["template_name"]} if regions else {}),
         "EstimationReference": [METHOD_DOIS[m] for m in (bfr, inversion) if m in METHOD_DOIS],
         "Parameters": {
             "bfr": {**method_defaults(BFR_METHODS[bfr]), **(bfr_params or {})},
@@ -169,7 +227,32 @@ def init_single_acquisition_wf(
         outputs=tuple(o[0] for o in OUTPUTS
                       if (with_r2star or o[0] not in ("r2starmap", "t2starmap"))
                       and (with_swi or o[0] not in ("swi", "minip"))),
+        extra_outputs=(regional_outputs(regions["atlas_name"], regions["template_name"])
+                       if regions else ()),
     )  # fmt: skip
+    if regions:
+        reg_wf = init_registration_wf(template=regions["template"],
+                                      atlas_path=regions["atlas_path"], mem_gb=mem_gb)  # fmt: skip
+        reg_wf.inputs.inputnode.moving = acq.magnitude_files[0]
+        stats_wf = init_regional_stats_wf(
+            template=regions["template"], label_names=regions["label_names"],
+            reference=reference, mem_gb=mem_gb,
+        )  # fmt: skip
+        workflow.connect([
+            (field_wf, reg_wf, [("outputnode.mask", "inputnode.mask")]),
+            (qsm_wf, stats_wf, [("outputnode.chimap", "inputnode.chimap"),
+                                ("outputnode.qsm_mask", "inputnode.qsm_mask")]),
+            (reg_wf, stats_wf, [("outputnode.labels", "inputnode.labels"),
+                                ("outputnode.forward_transform", "inputnode.forward_transform")]),
+            (reg_wf, ds_wf, [("outputnode.labels", "inputnode.dseg"),
+                             ("outputnode.forward_transform", "inputnode.xfm_to_template"),
+                             ("outputnode.inverse_transform", "inputnode.xfm_from_template")]),
+            (stats_wf, ds_wf, [("outputnode.regions_stats", "inputnode.regions_stats"),
+                               ("outputnode.dseg_tsv", "inputnode.dseg_tsv"),
+                               ("outputnode.chimap_std", "inputnode.chimap_std")]),
+        ])  # fmt: skip
+        if regions["reference_labels"]:
+            workflow.connect(reg_wf, "outputnode.labels", qsm_wf, "inputnode.labels")
     if with_swi:
         swi = pe.Node(SWIMapping(echo_times_s=echo_times, b0_tesla=acq.b0_tesla),
                       name="swi", mem_gb=mem_gb)  # fmt: skip

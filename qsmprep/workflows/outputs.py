@@ -26,6 +26,35 @@ OUTPUTS = (
 )  # fmt: skip
 
 
+def regional_outputs(atlas: str, template: str) -> tuple:
+    """Outputs of the registration and regional stages, as
+    ``(field, entities, suffix, static metadata, extension)``."""
+    from qsmprep.group import COLUMN_DESCRIPTIONS
+
+    columns = {k: v for k, v in COLUMN_DESCRIPTIONS.items()
+               if k in ("region", "hemisphere", "n_voxels", "mean_ppm", "median_ppm", "std_ppm",
+                        "iqr_ppm", "reference")}  # fmt: skip
+    columns["label"] = {"Description": f"Index of the region in the {atlas} dseg image; 0 is the "
+                        "whole brain (every voxel of the QSM mask)"}  # fmt: skip
+    seg = {"seg": atlas}
+    return (
+        ("dseg", seg, "dseg", {"Description": f"{atlas} atlas labels brought from {template} "
+                               "to the native grid (nearest neighbour)"}, ".nii.gz"),
+        ("dseg_tsv", seg, "dseg", None, ".tsv"),  # None: no sidecar (the image has it)
+        ("regions_stats", {**seg, "desc": "regions"}, "stats",
+         {**columns, "Description": "Regional susceptibility in native space; statistics over "
+          "the voxels of each region inside the QSM mask"}, ".tsv"),
+        ("chimap_std", {"space": template}, "Chimap",
+         {"Units": "ppm", "Description": "Chimap resampled to the template (linear); for "
+          "display and voxel-wise group analyses, not for regional statistics"}, ".nii.gz"),
+        ("xfm_to_template", {"from": "MEGRE", "to": template, "mode": "image"}, "xfm",
+         {"Description": "ANTs composite transform (rigid + affine + SyN), native -> template"},
+         ".h5"),
+        ("xfm_from_template", {"from": template, "to": "MEGRE", "mode": "image"}, "xfm",
+         {"Description": "ANTs composite transform, template -> native"}, ".h5"),
+    )  # fmt: skip
+
+
 def init_derivatives_wf(
     *,
     output_dir: str,
@@ -34,26 +63,28 @@ def init_derivatives_wf(
     source_files: list[str],
     metadata: dict | None = None,
     outputs: tuple[str, ...] | None = None,
+    extra_outputs: tuple = (),
     name: str = "derivatives_wf",
 ) -> pe.Workflow:
     """Write the per-acquisition derivatives; ``metadata`` is merged into every sidecar.
 
-    ``outputs`` selects fields of :data:`OUTPUTS` (default: all).
+    ``outputs`` selects fields of :data:`OUTPUTS` (default: all); ``extra_outputs`` adds
+    entries of :func:`regional_outputs`.
     """
     workflow = pe.Workflow(name=name)
-    inputnode = pe.Node(niu.IdentityInterface(fields=[o[0] for o in OUTPUTS]), name="inputnode")
-    for field, desc, suffix, static in OUTPUTS:
-        if outputs is not None and field not in outputs:
-            continue
+    specs = [(f, {"desc": d} if d else {}, s, m, ".nii.gz") for f, d, s, m in OUTPUTS
+             if outputs is None or f in outputs]  # fmt: skip
+    specs += list(extra_outputs)
+    inputnode = pe.Node(niu.IdentityInterface(fields=[o[0] for o in specs]), name="inputnode")
+    for field, ents, suffix, static, extension in specs:
         sink = pe.Node(
             DerivativesSink(
-                output_dir=str(output_dir), bids_dir=str(bids_dir), entities=dict(entities),
-                suffix=suffix, metadata={**(metadata or {}), **static},
-                source_files=list(source_files),
+                output_dir=str(output_dir), bids_dir=str(bids_dir),
+                entities={**entities, **ents}, suffix=suffix, extension=extension,
+                metadata={**(metadata or {}), **(static or {})},
+                source_files=list(source_files), sidecar=static is not None,
             ),
             name=f"ds_{field}", run_without_submitting=True, mem_gb=0.1,
         )  # fmt: skip
-        if desc:
-            sink.inputs.desc = desc
         workflow.connect(inputnode, field, sink, "in_file")
     return workflow

@@ -51,7 +51,11 @@ METHOD_DOIS = {
     "nltv": "doi:10.1002/mrm.27073",
     "ndi": "doi:10.1002/nbm.4271",
 }
-REFERENCE_DESC = {"brain": "the mean susceptibility of the whole brain mask", "none": "no region"}
+REFERENCE_DESC = {
+    "brain": "the mean susceptibility of the whole brain mask",
+    "csf": "the mean susceptibility of the lateral ventricles (atlas labels in native space)",
+    "none": "no region",
+}
 
 
 def init_qsm_wf(
@@ -62,13 +66,15 @@ def init_qsm_wf(
     inversion: str = "tv",
     inversion_params: dict | None = None,
     reference: str = "brain",
+    reference_labels: list[int] | None = None,
     mem_gb: float = 1.0,
     n_procs: int = 1,
     name: str = "qsm_wf",
 ) -> pe.Workflow:
     """Local field and susceptibility map from a total field.
 
-    Inputs: ``total_field_hz``, ``mask``, ``magnitude`` (optional).
+    Inputs: ``total_field_hz``, ``mask``, ``magnitude`` (optional), ``labels`` (native atlas
+    labels; needed when ``reference`` is a region, whose indices are ``reference_labels``).
     Outputs: ``local_field_hz``, ``qsm_mask`` (where chi is valid), ``chimap`` (ppm).
     """
     workflow = pe.Workflow(name=name)
@@ -76,10 +82,14 @@ def init_qsm_wf(
         f"Background fields were removed by {BFR_DESC.get(bfr, bfr)}, and the local field "
         f"(converted to ppm with B0 = {b0_tesla:g} T) was inverted by "
         f"{INVERSION_DESC.get(inversion, inversion)}. Susceptibility was referenced to "
-        f"{REFERENCE_DESC.get(reference, reference)}."
+        + REFERENCE_DESC.get(reference, f"the mean susceptibility of the atlas region "
+                             f"'{reference}' (labels in native space)")
+        + "."
     )
-    inputnode = pe.Node(niu.IdentityInterface(fields=["total_field_hz", "mask", "magnitude"]),
-                        name="inputnode")  # fmt: skip
+    inputnode = pe.Node(
+        niu.IdentityInterface(fields=["total_field_hz", "mask", "magnitude", "labels"]),
+        name="inputnode",
+    )
     outputnode = pe.Node(niu.IdentityInterface(fields=["local_field_hz", "qsm_mask", "chimap"]),
                          name="outputnode")  # fmt: skip
     bg_removal = pe.Node(BackgroundRemoval(method=bfr, params=bfr_params or {}),
@@ -89,6 +99,11 @@ def init_qsm_wf(
         name="dipole_inversion", mem_gb=mem_gb, n_procs=n_procs,
     )  # fmt: skip
     referencing = pe.Node(Referencing(reference=reference), name="referencing", mem_gb=mem_gb)
+    if reference not in ("brain", "none"):
+        if not reference_labels:
+            raise ValueError(f"reference region {reference!r} needs its atlas label indices")
+        referencing.inputs.region_labels = [int(k) for k in reference_labels]
+        workflow.connect(inputnode, "labels", referencing, "labels")
     if inversion in USES_MAGNITUDE:
         workflow.connect(inputnode, "magnitude", dipole_inversion, "magnitude")
     workflow.connect([
