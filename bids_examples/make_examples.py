@@ -77,9 +77,85 @@ def simulate_subject(cfg: dict):
     return affine, b0_dir, ph, sig
 
 
-def make_subject(root: Path, sub: str, cfg: dict) -> None:
-    """Simulate one subject and write raw data + ground truth."""
-    affine, b0_dir, ph, sig = simulate_subject(cfg)
+#: Default-atlas region -> simulator tissue (values in ``qsmprep.algorithms.simulate.TISSUES``);
+#: the subthalamic nucleus takes the substantia nigra's iron-rich value.
+ANATOMICAL_TISSUES = {
+    "cortical_grey_matter": "grey_matter", "white_matter": "white_matter",
+    "lateral_ventricle": "csf", "hippocampus": "grey_matter", "amygdala": "grey_matter",
+    "thalamus": "thalamus", "caudate": "caudate", "putamen": "putamen",
+    "nucleus_accumbens": "caudate", "GPe": "globus_pallidus", "GPi": "globus_pallidus",
+    "substantia_nigra": "substantia_nigra", "subthalamic_nucleus": "substantia_nigra",
+    "red_nucleus": "red_nucleus", "dentate_nucleus": "dentate_nucleus",
+}  # fmt: skip
+
+
+def simulate_anatomical_subject(cfg: dict):
+    """An anatomically realistic subject from the MNI152NLin2009cAsym template and qsmprep's
+    default atlas: the template is warped (rotation, shift and a smooth random displacement,
+    so the registration has something to recover), resampled to ``cfg["voxel"]``, given
+    known susceptibility per atlas region and tissue class, wrapped in CSF, skull, scalp and
+    air, and simulated as multi-echo GRE (B0 from the possibly oblique affine).
+
+    Returns ``(affine, b0_dir, phantom, sig, atlas)``; ``phantom.labels`` holds the true
+    atlas labels in native space (ids above the atlas's are tissue classes).
+    """
+    from qsmprep.algorithms import simulate_anatomy as sa
+    from qsmprep.algorithms.regions import split_hemisphere
+    from qsmprep.data.atlases import build_default_atlas
+    from qsmprep.data.templates import get_template
+
+    tpl = nb.load(str(get_template().path))
+    atlas = build_default_atlas()
+    t1 = np.asanyarray(tpl.dataobj).astype(np.float32)
+    labels = np.asanyarray(nb.load(str(atlas.path)).dataobj).astype(np.int16)
+    lo = np.argwhere(t1 > 0).min(0) - 2
+    hi = np.argwhere(t1 > 0).max(0) + 3
+    t1 = t1[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    labels = labels[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    crop = np.eye(4)
+    crop[:3, 3] = lo
+    voxel = np.asarray(cfg["voxel"], dtype=float)
+    src_voxel = np.sqrt((tpl.affine[:3, :3] ** 2).sum(0))
+    scale = voxel / src_voxel
+    shape = tuple(int(n) for n in np.floor(np.array(t1.shape) / scale))
+    coords = sa.smooth_random_warp(
+        shape, voxel_size_mm=voxel, max_displacement_mm=cfg.get("warp_mm", 4.0),
+        rotation_deg=cfg.get("rotation_deg", (0, 0, 0)),
+        translation_mm=cfg.get("translation_mm", (0, 0, 0)), rng=cfg["seed"],
+    )  # fmt: skip
+    coords = coords * scale[:, None, None, None] + ((scale - 1) / 2)[:, None, None, None]
+    t1w = sa.warp_image(t1, coords, order=1)
+    labw = sa.warp_image(labels, coords, order=0)
+    brain = sa.warp_image((t1 > 0).astype(np.float32), coords, order=1) > 0.5
+    tissues = {k: ANATOMICAL_TISSUES[split_hemisphere(n)[0]] for k, n in atlas.labels.items()}
+    phantom, pad = sa.make_anatomical_phantom(
+        t1w * brain, brain, labw * brain, tissues, voxel_size_mm=voxel, pad_mm=20.0,
+        rng=cfg["seed"],
+    )  # fmt: skip
+    zoom = np.diag([*scale, 1.0])
+    zoom[:3, 3] = (scale - 1) / 2
+    affine = sa.padded_affine(tpl.affine @ crop @ zoom, pad)
+    ax, ay = np.deg2rad(cfg.get("angles_deg", (0.0, 0.0)))
+    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
+    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
+    tilt = np.eye(4)
+    tilt[:3, :3] = ry @ rx
+    affine = tilt @ affine  # an oblique acquisition: the head is tilted in the scanner
+    b0_dir = b0_direction_from_affine(affine)
+    shape = phantom.chi_ppm.shape
+    sig = simulate.simulate_gre(
+        phantom.chi_ppm, voxel_size_mm=voxel, echo_times_s=cfg["tes"], b0_tesla=cfg["b0"],
+        b0_direction=b0_dir, m0=phantom.m0 * phantom.head_mask,
+        r2star_hz=simulate.r2star_at(phantom.r2star_3t, cfg["b0"]),
+        phase_offset_rad=simulate.phase_offset_map(shape, rng=cfg["seed"]),
+        snr=cfg.get("snr", 100.0), rng=cfg["seed"],
+    )  # fmt: skip
+    return affine, b0_dir, phantom, sig, atlas
+
+
+def write_raw(root: Path, sub: str, affine, sig, cfg: dict) -> None:
+    """Write one subject's multi-echo magnitude (int16) and phase (radians or Siemens-style
+    integers, per ``cfg["phase"]``) with BIDS sidecars (also used by the benchmarks)."""
     anat = root / f"sub-{sub}" / "anat"
     mag_scale = 4000.0 / float(sig.magnitude.max())  # one scale for all echoes keeps the decay
     for e, te in enumerate(cfg["tes"], start=1):
@@ -97,6 +173,12 @@ def make_subject(root: Path, sub: str, cfg: dict) -> None:
         else:
             _save(phase, affine, Path(f"{stem}phase_MEGRE.nii.gz"), np.float32,
                   {**common, "Units": "rad"})  # fmt: skip
+
+
+def make_subject(root: Path, sub: str, cfg: dict) -> None:
+    """Simulate one subject and write raw data + ground truth."""
+    affine, b0_dir, ph, sig = simulate_subject(cfg)
+    write_raw(root, sub, affine, sig, cfg)
     gt = root / "derivatives" / "groundtruth" / f"sub-{sub}" / "anat"
     brain = ph.brain_mask
     local_ppm = forward_field(np.where(brain, ph.chi_ppm, 0), voxel_size_mm=cfg["voxel"],

@@ -217,3 +217,18 @@ def noisy_local_field(phantom, *, voxel_size_mm, b0_direction=(0.0, 0.0, 1.0),
                       b0_direction=b0_direction)  # fmt: skip
     f = f + np.random.default_rng(seed).normal(0, noise_ppm, f.shape).astype(np.float32)
     return chi, np.where(brain, f, 0).astype(np.float32)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def qsmprep_cache(tmp_path_factory):
+    """A private qsmprep cache for the session (the default atlas is built once into it),
+    unless ``QSMPREP_CACHE`` already points at one (developers keep theirs between runs)."""
+    import os
+
+    if os.environ.get("QSMPREP_CACHE"):
+        yield Path(os.environ["QSMPREP_CACHE"])
+        return
+    path = tmp_path_factory.mktemp("qsmprep-cache")
+    os.environ["QSMPREP_CACHE"] = str(path)
+    yield path
+    os.environ.pop("QSMPREP_CACHE", None)

@@ -49,7 +49,8 @@ def test_frozen():
     [
         ({"inversion": "chisep"}, "inversion must be one of tv, rts, tkd"),
         ({"masking": "synthstrip"}, "masking must be one of"),
-        ({"reference": "csf"}, "reference must be one of"),
+        ({"reference": "csf?"}, "reference must be one of"),
+        ({"reference": "csf", "regions": False}, "needs the atlas"),
         ({"analysis_level": "session"}, "analysis_level must be one of"),
         ({"phase_sign": 0}, "phase_sign must be 1 or -1"),
         ({"phase_sign": 2}, "phase_sign must be 1 or -1"),

@@ -103,7 +103,6 @@ def test_version(capsys):
         ("--unwrapping", config.UNWRAPPING_CHOICES),
         ("--bfr", config.BFR_CHOICES),
         ("--inversion", config.INVERSION_CHOICES),
-        ("--reference", config.REFERENCE_CHOICES),
     ],
 )
 def test_stage_choices_come_from_config(dirs, option, choices, capsys):
@@ -111,6 +110,16 @@ def test_stage_choices_come_from_config(dirs, option, choices, capsys):
         parse_args(_args(dirs, option, choice))
     err = _exit_2(_args(dirs, option, "not-a-method"), capsys)
     assert "invalid choice" in err and option in err
+
+
+def test_reference_takes_the_named_choices_or_an_atlas_region(dirs, capsys):
+    for choice in (*config.REFERENCE_CHOICES, "putamen", "white_matter"):
+        assert parse_args(_args(dirs, "--reference", choice)).reference == choice
+    # a region reference needs the atlas; checked against the atlas's names at run time
+    err = _exit_2(_args(dirs, "--reference", "csf", "--no-regions"), capsys)
+    assert "--no-regions" in err
+    err = _exit_2(_args(dirs, "--reference", "not a region!"), capsys)
+    assert "reference" in err
 
 
 @pytest.mark.parametrize(

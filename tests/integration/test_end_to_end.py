@@ -36,6 +36,13 @@ EXPECTED = [
     "sub-{s}/anat/sub-{s}_T2starmap.nii.gz",
     "sub-{s}/anat/sub-{s}_swi.nii.gz",
     "sub-{s}/anat/sub-{s}_minIP.nii.gz",
+    "sub-{s}/anat/sub-{s}_seg-qsmprep_dseg.nii.gz",
+    "sub-{s}/anat/sub-{s}_seg-qsmprep_dseg.tsv",
+    "sub-{s}/anat/sub-{s}_seg-qsmprep_desc-regions_stats.tsv",
+    "sub-{s}/anat/sub-{s}_seg-qsmprep_desc-regions_stats.json",
+    "sub-{s}/anat/sub-{s}_space-MNI152NLin2009cAsym_Chimap.nii.gz",
+    "sub-{s}/anat/sub-{s}_from-MEGRE_to-MNI152NLin2009cAsym_mode-image_xfm.h5",
+    "sub-{s}/anat/sub-{s}_from-MNI152NLin2009cAsym_to-MEGRE_mode-image_xfm.h5",
 ]
 # Whole-pipeline NRMSE threshold (demeaned, %, inside truth-brain AND the Chimap's valid mask).
 # The issue's acceptance bound for the walking skeleton is 70 %; published whole pipelines from
@@ -100,6 +107,38 @@ def test_example_outputs_on_input_grid_and_accurate(example_run, sub):
 
 
 @pytest.mark.slow
+def test_example_regional_outputs_and_group_level(example_run, tmp_path):
+    """Native-space labels on the input grid, a table per acquisition, then the cohort table.
+    (The example phantoms are geometric, so only the structure is checked here; regional
+    accuracy on anatomical phantoms is tested in test_regional_accuracy.py.)"""
+    import pandas as pd
+
+    rc, out = example_run
+    assert rc == 0
+    for sub in ("01", "02"):
+        anat = out / f"sub-{sub}" / "anat"
+        dseg = nb.load(str(anat / f"sub-{sub}_seg-qsmprep_dseg.nii.gz"))
+        chi = nb.load(str(anat / f"sub-{sub}_Chimap.nii.gz"))
+        assert dseg.shape == chi.shape and np.allclose(dseg.affine, chi.affine)
+        assert np.issubdtype(dseg.get_data_dtype(), np.integer)
+        table = pd.read_csv(anat / f"sub-{sub}_seg-qsmprep_desc-regions_stats.tsv", sep="\t")
+        assert list(table.columns[:2]) == ["region", "hemisphere"]
+        assert {"n_voxels", "mean_ppm", "median_ppm", "std_ppm", "iqr_ppm",
+                "reference"} <= set(table.columns)  # fmt: skip
+        assert table["region"].iloc[0] == "whole_brain" and (table["reference"] == "brain").all()
+        assert abs(table["mean_ppm"].iloc[0]) < 1e-6  # referenced to the whole-brain mean
+        meta = json.loads((anat / f"sub-{sub}_seg-qsmprep_desc-regions_stats.json").read_text())
+        assert meta["mean_ppm"]["Units"] == "ppm" and meta["ReferenceRegion"] == "brain"
+        std = nb.load(str(anat / f"sub-{sub}_space-MNI152NLin2009cAsym_Chimap.nii.gz"))
+        assert std.shape == (193, 229, 193)
+    rc = main([str(EXAMPLE), str(out), "group"])
+    assert rc == 0
+    long = pd.read_csv(out / "group" / "regions_long.tsv", sep="\t")
+    assert set(long["participant_id"]) == {"sub-01", "sub-02"} and (long["atlas"] == "qsmprep").all()
+    assert list((out / "group").glob("*.svg")) and list((out / "group").glob("*.png"))
+
+
+@pytest.mark.slow
 def test_failed_subject_does_not_stop_others(tmp_path):
     bids = tmp_path / "bids"
     shutil.copytree(EXAMPLE, bids, ignore=shutil.ignore_patterns("derivatives"))
@@ -107,7 +146,8 @@ def test_failed_subject_does_not_stop_others(tmp_path):
     for f in bids.glob("sub-02/anat/*echo-3_part-mag*"):
         f.unlink()
     out = tmp_path / "out"
-    rc = main([str(bids), str(out), "participant", "-w", str(tmp_path / "work")])
+    rc = main([str(bids), str(out), "participant", "-w", str(tmp_path / "work"),
+               "--no-regions"])
     assert rc != 0
     assert (out / "sub-01/anat/sub-01_Chimap.nii.gz").exists()
     assert not list(out.glob("sub-02/anat/*"))
@@ -123,7 +163,8 @@ def test_qsm_forward_independent_simulator(tmp_path):
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     out = tmp_path / "out"
-    rc = main([str(bids), str(out), "participant", "-w", str(tmp_path / "work")])
+    rc = main([str(bids), str(out), "participant", "-w", str(tmp_path / "work"),
+               "--no-regions"])
     assert rc == 0
     chi, _ = _load(out / "sub-1/anat/sub-1_Chimap.nii.gz")
     gt = bids / "derivatives" / "qsm-forward" / "sub-1" / "anat"

@@ -1,0 +1,139 @@
+"""Registration (ANTs) wiring, native-space labels, regional tables and region referencing."""
+
+from __future__ import annotations
+
+import csv
+
+import nibabel as nb
+import numpy as np
+import pytest
+
+from qsmprep.interfaces.qsm import Referencing
+from qsmprep.interfaces.regions import COLUMNS, RegionalStatistics
+from qsmprep.interfaces.registration import apply_transform, register_to_template
+
+
+def _save(path, data, affine):
+    img = nb.Nifti1Image(np.asarray(data), affine)
+    img.set_sform(affine, code=1)
+    img.set_qform(affine, code=1)
+    nb.save(img, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def coarse_template(tmp_path_factory):
+    """The 2009c template and HCPex's putamen/caudate/thalamus at 3 mm (fast to register)."""
+    from qsmprep.data.atlases import _hcpex_files
+    from qsmprep.data.templates import get_template
+
+    tmp = tmp_path_factory.mktemp("tpl")
+    tpl = nb.load(str(get_template().path))
+    t1 = np.asanyarray(tpl.dataobj).astype(np.float32)[::3, ::3, ::3]
+    path, names = _hcpex_files()
+    hcp = np.rint(np.asanyarray(nb.load(str(path)).dataobj)).astype(int)[::3, ::3, ::3]
+    labels = np.zeros(hcp.shape, np.int16)
+    for value, pattern in ((1, "Putamen"), (2, "Caudate"), (3, "Thal_")):
+        keys = [k for k, n in names.items() if n.startswith(pattern)]
+        labels[np.isin(hcp, keys)] = value
+    affine = tpl.affine @ np.diag([3.0, 3.0, 3.0, 1.0])
+    return {"t1": t1, "labels": labels, "affine": affine,
+            "t1_path": _save(tmp / "tpl.nii.gz", t1, affine),
+            "labels_path": _save(tmp / "labels.nii.gz", labels, affine)}  # fmt: skip
+
+
+def _rigid(angle_deg, shift_mm):
+    a = np.deg2rad(angle_deg)
+    m = np.eye(4)
+    m[:3, :3] = [[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]]
+    m[:3, 3] = shift_mm
+    return m
+
+
+def _dice(a, b):
+    return 2 * (a & b).sum() / (a.sum() + b.sum())
+
+
+def test_registration_recovers_a_known_head_motion(coarse_template, tmp_path):
+    """The 'native' image is the template's voxel array placed with a rotated, shifted affine
+    (a head moved in the scanner): the atlas brought back to native space must land on the
+    same voxels, and native data sent forward must land on the template."""
+    t = coarse_template
+    native_affine = _rigid(12.0, (9.0, -7.0, 5.0)) @ t["affine"]
+    native = _save(tmp_path / "native.nii.gz", t["t1"], native_affine)
+    mask = _save(tmp_path / "mask.nii.gz", (t["t1"] > 0).astype(np.uint8), native_affine)
+    fwd, inv = register_to_template(native, t["t1_path"], tmp_path / "reg", mask=mask,
+                                    spacing_mm=3.0, syn_iterations=(20, 10, 0))  # fmt: skip
+    assert fwd.endswith(".h5") and inv.endswith(".h5")
+    back = apply_transform(t["labels_path"], native, inv, tmp_path / "labels_native.nii.gz",
+                           interpolation="nearestNeighbor", dtype="int16")  # fmt: skip
+    img = nb.load(back)
+    assert img.get_data_dtype() == np.int16 and np.allclose(img.affine, native_affine)
+    labels = np.asanyarray(img.dataobj)
+    assert set(np.unique(labels)) <= {0, 1, 2, 3}  # nearest neighbour: no blended labels
+    for k in (1, 2, 3):
+        assert _dice(labels == k, t["labels"] == k) > 0.75, k
+    # a wrong direction (forward transform used to bring labels in) misses by the motion
+    wrong = apply_transform(t["labels_path"], native, fwd, tmp_path / "wrong.nii.gz",
+                            interpolation="nearestNeighbor", dtype="int16")  # fmt: skip
+    assert _dice(np.asanyarray(nb.load(wrong).dataobj) == 3, t["labels"] == 3) < 0.6
+    sent = apply_transform(native, t["t1_path"], fwd, tmp_path / "in_template.nii.gz")
+    moved = np.asanyarray(nb.load(sent).dataobj)
+    brain = t["t1"] > 0
+    assert np.corrcoef(moved[brain], t["t1"][brain])[0, 1] > 0.9
+
+
+def _grid(tmp_path):
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    chi = np.zeros((6, 4, 4), np.float32)
+    labels = np.zeros((6, 4, 4), np.int16)
+    labels[:2], labels[2:4] = 1, 2
+    chi[:2], chi[2:4], chi[4:] = 0.10, -0.02, 0.04
+    chi[0, 0, 0] = 0.30  # one bright voxel in label 1
+    mask = np.ones((6, 4, 4), np.uint8)
+    mask[5] = 0
+    return {
+        "chi": _save(tmp_path / "chi.nii.gz", chi, affine),
+        "labels": _save(tmp_path / "labels.nii.gz", labels, affine),
+        "mask": _save(tmp_path / "mask.nii.gz", mask, affine),
+        "arrays": (chi, labels, mask.astype(bool)),
+    }
+
+
+def test_regional_table_columns_values_and_reference(tmp_path):
+    g = _grid(tmp_path)
+    res = RegionalStatistics(chimap=str(g["chi"]), labels=str(g["labels"]), mask=str(g["mask"]),
+                             label_names={1: "GP_L", 2: "white_matter_R", 3: "absent"},
+                             reference="csf").run(cwd=tmp_path)  # fmt: skip
+    with open(res.outputs.out_table) as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    assert tuple(rows[0]) == COLUMNS
+    by = {(r["region"], r["hemisphere"]): r for r in rows}
+    chi, labels, mask = g["arrays"]
+    gp = by[("GP", "L")]
+    assert int(gp["n_voxels"]) == 32 and float(gp["mean_ppm"]) == pytest.approx(
+        chi[labels == 1].mean(), rel=1e-5)  # fmt: skip
+    assert float(gp["median_ppm"]) == pytest.approx(0.10, rel=1e-5)
+    assert float(by[("white_matter", "R")]["std_ppm"]) == pytest.approx(0.0, abs=1e-7)
+    whole = by[("whole_brain", "n/a")]
+    assert int(whole["n_voxels"]) == mask.sum()
+    assert by[("absent", "n/a")]["mean_ppm"] == "n/a" and by[("absent", "n/a")]["n_voxels"] == "0"
+    assert {r["reference"] for r in rows} == {"csf"}
+    lut = open(res.outputs.out_labels).read().splitlines()
+    assert lut == ["index\tname", "1\tGP_L", "2\twhite_matter_R", "3\tabsent"]
+
+
+def test_region_referencing_zeroes_the_region_mean(tmp_path):
+    g = _grid(tmp_path)
+    res = Referencing(in_file=str(g["chi"]), mask=str(g["mask"]), reference="white_matter",
+                      labels=str(g["labels"]), region_labels=[2]).run(cwd=tmp_path)  # fmt: skip
+    out = np.asanyarray(nb.load(res.outputs.out_file).dataobj)
+    chi, labels, mask = g["arrays"]
+    assert out[labels == 2].mean() == pytest.approx(0.0, abs=1e-7)
+    assert out[labels == 1].mean() == pytest.approx(chi[labels == 1].mean() + 0.02, rel=1e-5)
+    assert (out[~mask] == 0).all()
+    with pytest.raises(Exception, match="no voxel inside the QSM mask"):
+        Referencing(in_file=str(g["chi"]), mask=str(g["mask"]), reference="x",
+                    labels=str(g["labels"]), region_labels=[7]).run(cwd=tmp_path)  # fmt: skip
+    with pytest.raises(Exception, match="needs atlas labels"):
+        Referencing(in_file=str(g["chi"]), mask=str(g["mask"]), reference="x").run(cwd=tmp_path)
