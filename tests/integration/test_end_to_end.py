@@ -134,7 +134,8 @@ def test_example_regional_outputs_and_group_level(example_run, tmp_path):
     rc = main([str(EXAMPLE), str(out), "group"])
     assert rc == 0
     long = pd.read_csv(out / "group" / "regions_long.tsv", sep="\t")
-    assert set(long["participant_id"]) == {"sub-01", "sub-02"} and (long["atlas"] == "qsmprep").all()
+    assert set(long["participant_id"]) == {"sub-01", "sub-02"}
+    assert (long["atlas"] == "qsmprep").all()
     assert list((out / "group").glob("*.svg")) and list((out / "group").glob("*.png"))
 
 

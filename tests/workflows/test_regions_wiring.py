@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from test_base import _acq, _nodes
 
 from qsmprep.config import Settings
 from qsmprep.workflows.base import init_single_acquisition_wf, resolve_regions
-
-from test_base import _acq, _nodes
-
 
 
 def _regions(tmp_path, **changes):
@@ -78,7 +76,8 @@ def test_without_magnitude_no_regions_and_no_region_reference(tmp_path):
     assert "register" not in _nodes(wf) and "ds_chimap" in _nodes(wf)
     with pytest.raises(ValueError, match="needs atlas labels"):
         init_single_acquisition_wf(acq, output_dir=str(tmp_path), bids_dir=str(tmp_path),
-                                   reference="csf", regions=_regions(tmp_path, reference_labels=[2]))
+                                   reference="csf",
+                                   regions=_regions(tmp_path, reference_labels=[2]))
 
 
 def test_resolve_regions_checks_the_reference_against_the_atlas(tmp_path):
