@@ -44,7 +44,8 @@ def register_to_template(
     """Rigid + affine + SyN registration of ``moving`` (native) to ``template``.
 
     Returns the paths of the forward (native -> template) and inverse composite transforms
-    (``.h5``) in ``out_dir``. ``mask`` (native brain mask) multiplies the moving image first.
+    (``.h5``) in ``out_dir``. ``mask`` (native brain mask) multiplies the moving image first
+    (the first volume of a 4-D image is used).
     Single-threaded and seeded, so results are reproducible.
     """
     import ants
@@ -52,9 +53,16 @@ def register_to_template(
     os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    mov = ants.image_read(str(moving))
+    # Rewrite the moving image with nibabel's affine as both sform and qform: ITK may read a
+    # scanner file's qform where nibabel reads its sform, and the labels are later written on
+    # nibabel's grid, so both must agree on where every voxel is.
+    data, affine = nifti.load(moving)
+    if data.ndim == 4:
+        data = data[..., 0]
     if mask is not None:
-        mov = mov * ants.image_read(str(mask)).apply(lambda x: (x > 0).astype("float32"))
+        data = data * (nifti.load(mask)[0] > 0)
+    moving_path = nifti.save(data, affine, str(out_dir / "moving.nii.gz"))
+    mov = ants.image_read(moving_path)
     fixed = ants.image_read(str(template))
     if spacing_mm:
         fixed = ants.resample_image(fixed, (spacing_mm,) * 3, use_voxels=False, interp_type=4)
