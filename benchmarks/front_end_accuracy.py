@@ -61,7 +61,7 @@ def main(argv=None):
         for method in ("magnitude", "phase-quality", "bet", "consensus"):
             t0 = time.perf_counter()
             if method == "magnitude":
-                m = masking.mask_from_magnitude(sig.magnitude)
+                m = masking.mask_from_magnitude(sig.magnitude, voxel_size_mm=cfg["voxel"])
             elif method == "phase-quality":
                 m = masking.mask_from_phase_quality(sig.phase_rad, sig.magnitude,
                                                     echo_times_s=cfg["tes"])  # fmt: skip

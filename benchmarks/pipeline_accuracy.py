@@ -68,7 +68,7 @@ def qsm_forward_subjects():
 
 
 def front_end(case):
-    mask = masking.mask_from_magnitude(case["mag"])
+    mask = masking.mask_from_magnitude(case["mag"], voxel_size_mm=case["vox"])
     fit = combine.fit_field_linear(case["phase"], case["mag"], echo_times_s=case["tes"], mask=mask)
     total = unwrap_field_hz(fit.field_hz, wrap_period_hz=fit.wrap_period_hz,
                             voxel_size_mm=case["vox"], mask=mask) * mask  # fmt: skip

@@ -39,11 +39,14 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def _clean(mask: np.ndarray, erosions: int) -> np.ndarray:
-    """Largest component, holes filled, optional 6-connected erosions (largest part kept)."""
+def _clean(mask: np.ndarray, erosions: int, *, fill: bool = True) -> np.ndarray:
+    """Largest component, holes filled (unless ``fill`` is False: already done), optional
+    6-connected erosions (largest part kept)."""
     if not mask.any():
         raise ValueError("no voxel passed the threshold: the mask would be empty")
-    out = _fill_holes(_largest_component(mask))
+    out = _largest_component(mask)
+    if fill:
+        out = _fill_holes(out)
     if erosions > 0:
         out = ndimage.binary_erosion(out, structure=_SIX_CONNECTED, iterations=erosions)
         if not out.any():
@@ -90,8 +93,37 @@ def combined_magnitude(magnitude: npt.ArrayLike) -> np.ndarray:
     return np.where(np.isfinite(mag), np.abs(mag), 0.0).astype(np.float32)
 
 
+#: Enclosed dark regions larger than this (mm^3) are not filled into a magnitude mask.
+MAX_DARK_HOLE_MM3 = 1000.0
+
+
+def _drop_large_dark_holes(filled, tissue, mag, cut, voxel_size_mm, max_hole_mm3):
+    """Remove from ``filled`` the filled-in components (``filled & ~tissue``) bigger than
+    ``max_hole_mm3`` whose median magnitude is below ``cut``: bone or air enclosed by brain
+    (the skull base between the temporal lobes and the brainstem), whose noise-only phase
+    would spread errors through unwrapping, background removal and inversion."""
+    holes, count = ndimage.label(filled & ~tissue, structure=_SIX_CONNECTED)
+    if count == 0:
+        return filled
+    voxel_mm3 = float(np.prod(voxel_size_mm)) if voxel_size_mm is not None else 1.0
+    sizes = np.bincount(holes.ravel())
+    out = filled.copy()
+    for k in np.flatnonzero(sizes * voxel_mm3 > max_hole_mm3):
+        if k == 0:
+            continue
+        region = holes == k
+        if np.median(mag[region]) < cut:
+            out &= ~region
+    return _largest_component(out)
+
+
 def mask_from_magnitude(
-    magnitude: npt.ArrayLike, *, erosions: int = 0, threshold: float | None = None
+    magnitude: npt.ArrayLike,
+    *,
+    erosions: int = 0,
+    threshold: float | None = None,
+    voxel_size_mm: Sequence[float] | None = None,
+    max_hole_mm3: float = MAX_DARK_HOLE_MM3,
 ) -> np.ndarray:
     """Tissue mask from a magnitude image by a robust Otsu threshold.
 
@@ -104,6 +136,13 @@ def mask_from_magnitude(
     threshold : float, optional
         Fixed threshold as a fraction (0..1) of the robust maximum (the 99.5th percentile of
         the non-zero voxels) instead of Otsu's.
+    voxel_size_mm : sequence of 3 floats, optional
+        Voxel size, to express ``max_hole_mm3`` in mm^3 (default: 1 mm^3 voxels).
+    max_hole_mm3 : float
+        Enclosed regions darker than the threshold and larger than this are left out of the
+        mask instead of being filled (default 1000 mm^3 = 1 ml): on real heads these are the
+        skull base or sinus air surrounded by brain, whose phase is noise. Smaller dark holes
+        (veins, microbleeds, calcifications) are filled.
 
     Returns
     -------
@@ -118,7 +157,7 @@ def mask_from_magnitude(
     class is not much darker than the brighter (mean ratio above 0.7, whereas air noise vs
     tissue gives < 0.45 down to SNR 5) the image has no background (a crop inside the
     head) and every non-zero voxel is kept. Then: largest 6-connected component, holes
-    filled in 3-D and slice-wise, erosions.
+    filled in 3-D and slice-wise except large dark ones (``max_hole_mm3``), erosions.
     """
     erosions = _check_erosions(erosions)
     mag = combined_magnitude(magnitude)
@@ -135,7 +174,12 @@ def mask_from_magnitude(
         if not 0.0 < float(threshold) < 1.0:
             raise ValueError(f"threshold must be a fraction in (0, 1), got {threshold!r}")
         cut = float(threshold) * robust_max
-    return _clean(mag > cut, erosions)
+    tissue = mag > cut
+    if not tissue.any():
+        raise ValueError("no voxel passed the threshold: the mask would be empty")
+    filled = _fill_holes(_largest_component(tissue))
+    filled = _drop_large_dark_holes(filled, tissue, mag, cut, voxel_size_mm, max_hole_mm3)
+    return _clean(filled, erosions, fill=False)
 
 
 def _gradient_coherence(phase: np.ndarray) -> np.ndarray:

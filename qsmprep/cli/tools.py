@@ -461,7 +461,8 @@ def _run_mask(args) -> None:
                                                erosions=args.erosions)  # fmt: skip
     else:
         mag, affine = nifti.load_stack(args.magnitude)
-        mask = masking.mask_from_magnitude(mag, erosions=args.erosions)
+        mask = masking.mask_from_magnitude(mag, erosions=args.erosions,
+                                           voxel_size_mm=nifti.geometry(affine)[0])  # fmt: skip
     _save_all([(mask, affine, args.output, np.uint8)])
 
 

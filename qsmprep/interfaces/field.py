@@ -104,7 +104,8 @@ class BrainMask(SimpleInterface):
         if method in ("bet", "consensus") and mag is None:
             raise ValueError(f"{self.inputs.phase}: --masking {method} needs magnitude images")
         if method == "magnitude":
-            mask = masking.mask_from_magnitude(mag, erosions=self.inputs.erosions)
+            mask = masking.mask_from_magnitude(mag, erosions=self.inputs.erosions,
+                                               voxel_size_mm=nifti.geometry(affine)[0])  # fmt: skip
         elif method == "phase-quality":
             mask = masking.mask_from_phase_quality(
                 phase, mag, echo_times_s=self.inputs.echo_times_s
