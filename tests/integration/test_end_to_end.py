@@ -136,7 +136,8 @@ def test_example_regional_outputs_and_group_level(example_run, tmp_path):
     long = pd.read_csv(out / "group" / "regions_long.tsv", sep="\t")
     assert set(long["participant_id"]) == {"sub-01", "sub-02"}
     assert (long["atlas"] == "qsmprep").all()
-    assert list((out / "group").glob("*.svg")) and list((out / "group").glob("*.png"))
+    figures = out / "group" / "figures"
+    assert list(figures.glob("*.svg")) and list(figures.glob("*.png"))
 
 
 @pytest.mark.slow
