@@ -40,7 +40,8 @@ SUBJECTS = {
     "01": dict(b0=3.0, tes=(0.005, 0.010, 0.015, 0.020), seed=11, rotation_deg=(6, -4, 3),
                translation_mm=(3, -4, 2), angles_deg=(0.0, 0.0), phase="rad"),
     "02": dict(b0=7.0, tes=(0.004, 0.008, 0.012), seed=12, rotation_deg=(-5, 3, -6),
-               translation_mm=(-2, 3, -3), angles_deg=(15.0, 0.0), phase="siemens"),
+               translation_mm=(-2, 3, -3), angles_deg=(15.0, 0.0), phase="siemens",
+               t1w_motion=(8.0, (4.0, -3.0, 5.0))),  # a T1w in another head position
 }  # fmt: skip
 
 
@@ -94,22 +95,29 @@ def slope(x, y) -> tuple[float, float]:
 
 
 def time_registration(dataset: Path, out: Path, sub: str, repeats: int) -> list[float]:
+    """Wall time of the registration node (through the T1w when the subject has one)."""
     from qsmprep.data.templates import get_template
-    from qsmprep.interfaces.registration import register_to_template
+    from qsmprep.interfaces.registration import RegisterToTemplate
 
-    mag = dataset / f"sub-{sub}" / "anat" / f"sub-{sub}_echo-1_part-mag_MEGRE.nii.gz"
+    anat = dataset / f"sub-{sub}" / "anat"
+    mag = anat / f"sub-{sub}_echo-1_part-mag_MEGRE.nii.gz"
     mask = out / f"sub-{sub}" / "anat" / f"sub-{sub}_desc-brain_mask.nii.gz"
+    t1w = anat / f"sub-{sub}_T1w.nii.gz"
     times = []
     for _ in range(repeats):
         with tempfile.TemporaryDirectory() as tmp:
+            node = RegisterToTemplate(moving=str(mag), mask=str(mask),
+                                      template=str(get_template().path))  # fmt: skip
+            if t1w.exists():
+                node.inputs.t1w = str(t1w)
             t0 = time.perf_counter()
-            register_to_template(mag, get_template().path, tmp, mask=mask)
+            node.run(cwd=tmp)
             times.append(time.perf_counter() - t0)
     return times
 
 
 def main(argv=None) -> int:
-    from make_examples import simulate_anatomical_subject, write_raw
+    from make_examples import simulate_anatomical_subject, write_raw, write_t1w
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--voxel", type=float, default=1.0, help="isotropic voxel size (mm)")
@@ -128,11 +136,14 @@ def main(argv=None) -> int:
     for sub in args.subjects:
         cfg = dict(SUBJECTS[sub], voxel=(args.voxel,) * 3)
         t0 = time.perf_counter()
-        affine, _, phantom, sig, atlas = simulate_anatomical_subject(cfg)
+        affine, _, phantom, sig, atlas, t1w = simulate_anatomical_subject(cfg)
         write_raw(dataset, sub, affine, sig, cfg)
+        if cfg.get("t1w_motion"):
+            write_t1w(dataset, sub, t1w, affine, cfg["t1w_motion"])
         truths[sub] = (phantom, atlas)
         print(f"sub-{sub}: simulated {phantom.chi_ppm.shape} at {args.voxel} mm, "
-              f"{cfg['b0']} T, in {time.perf_counter() - t0:.0f} s", flush=True)  # fmt: skip
+              f"{cfg['b0']} T{', with a T1w' if cfg.get('t1w_motion') else ''}, in "
+              f"{time.perf_counter() - t0:.0f} s", flush=True)  # fmt: skip
     t0 = time.perf_counter()
     cmd = [sys.executable, "-m", "qsmprep.cli.run", str(dataset), str(out), "participant",
            "--nprocs", "2", "--work-dir", str(work / "work")]  # fmt: skip

@@ -96,8 +96,10 @@ def simulate_anatomical_subject(cfg: dict):
     known susceptibility per atlas region and tissue class, wrapped in CSF, skull, scalp and
     air, and simulated as multi-echo GRE (B0 from the possibly oblique affine).
 
-    Returns ``(affine, b0_dir, phantom, sig, atlas)``; ``phantom.labels`` holds the true
-    atlas labels in native space (ids above the atlas's are tissue classes).
+    Returns ``(affine, b0_dir, phantom, sig, atlas, t1w)``; ``phantom.labels`` holds the
+    true atlas labels in native space (ids above the atlas's are tissue classes) and ``t1w``
+    is a T1-weighted head on the same grid (template intensities in the brain, dark CSF and
+    skull, bright scalp).
     """
     from qsmprep.algorithms import simulate_anatomy as sa
     from qsmprep.algorithms.regions import split_hemisphere
@@ -150,7 +152,26 @@ def simulate_anatomical_subject(cfg: dict):
         phase_offset_rad=simulate.phase_offset_map(shape, rng=cfg["seed"]),
         snr=cfg.get("snr", 100.0), rng=cfg["seed"],
     )  # fmt: skip
-    return affine, b0_dir, phantom, sig, atlas
+    t1w = np.pad(t1w * brain, [(p, p) for p in pad])
+    wm = float(np.median(t1w[phantom.brain_mask]))
+    for cls, value in (("extracerebral_csf", 0.15), ("skull", 0.05), ("scalp", 1.3)):
+        t1w[phantom.labels == phantom_class_id(phantom, cls)] = value * wm
+    return affine, b0_dir, phantom, sig, atlas, t1w.astype(np.float32)
+
+
+def write_t1w(dataset: Path, sub: str, t1w: np.ndarray, affine: np.ndarray, motion) -> None:
+    """The subject's T1w, moved rigidly (``(degrees about z, shift mm)``) in the scanner."""
+    angle, shift = np.deg2rad(motion[0]), motion[1]
+    move = np.eye(4)
+    move[:2, :2] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
+    move[:3, 3] = shift
+    _save(t1w, move @ affine, dataset / f"sub-{sub}" / "anat" / f"sub-{sub}_T1w.nii.gz",
+          np.float32)
+
+
+def phantom_class_id(phantom, name: str) -> int:
+    """Label id of an extra tissue class (``simulate_anatomy.EXTRA_CLASSES``) in a phantom."""
+    return next(k for k, v in phantom.label_names.items() if v == name)
 
 
 def write_raw(root: Path, sub: str, affine, sig, cfg: dict) -> None:

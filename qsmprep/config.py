@@ -190,6 +190,7 @@ class Settings:
     regions: bool = True
     atlas: str = DEFAULT_ATLAS
     atlas_labels: Path | None = None
+    use_t1w: bool = True
 
     def __post_init__(self) -> None:
         self._normalize()

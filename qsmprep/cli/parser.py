@@ -359,6 +359,13 @@ def _add_region_options(parser: argparse.ArgumentParser) -> None:
         help="label table of an --atlas file: a TSV with columns index and name",
     )
     group.add_argument(
+        "--t1w",
+        dest="use_t1w",
+        action=argparse.BooleanOptionalAction,
+        help="register through the session's T1w when it has one (magnitude -> T1w rigid, "
+        "T1w -> template nonlinear) (default: on)",
+    )
+    group.add_argument(
         "--regions",
         dest="regions",
         action=argparse.BooleanOptionalAction,

@@ -14,6 +14,7 @@ Supported raw data (BIDS 1.10, ``anat/``)::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -86,6 +87,9 @@ class Acquisition:
         Image shape (the same for every echo and part).
     voxel_size_mm : tuple of float or None
         Voxel size in mm (NIfTI ``pixdim``).
+    t1w_file : str or None
+        A T1-weighted image of the same subject and session (``anat/*_T1w.nii[.gz]``), the
+        intermediate of the template registration when present.
     """
 
     subject: str
@@ -101,6 +105,7 @@ class Acquisition:
     b0_from_cli: bool = False
     shape: tuple[int, ...] | None = None
     voxel_size_mm: tuple[float, ...] | None = None
+    t1w_file: str | None = None
 
     def __post_init__(self) -> None:
         if self.suffix not in SUFFIXES:
@@ -606,7 +611,24 @@ def collect_acquisitions(
                 _build_acquisition(layout, key, suffix, files, mags.get(key, []), b0_tesla, root)
             )
     _check_selection(root, acquisitions, subjects, sessions, bids_filter)
+    acquisitions = [dataclasses.replace(a, t1w_file=find_t1w(a)) for a in acquisitions]
     return sorted(acquisitions, key=_sort_key)
+
+
+def find_t1w(acq: Acquisition) -> str | None:
+    """The session's T1w image (same folder, subject and session as the phase), or None.
+
+    Several T1w images: the first by name that has neither ``ce-`` (contrast agent) nor
+    ``rec-`` (a reconstruction variant) entities, else the first by name.
+    """
+    folder = Path(acq.phase_files[0]).parent
+    prefix = f"sub-{acq.subject}" + (f"_ses-{acq.session}" if acq.session else "")
+    found = sorted(p for p in folder.glob(f"{prefix}_*T1w.nii*")
+                   if p.name.endswith(("_T1w.nii", "_T1w.nii.gz"))
+                   and p.stat().st_size > 0)  # fmt: skip
+    plain = [p for p in found if "_ce-" not in p.name and "_rec-" not in p.name]
+    chosen = (plain or found or [None])[0]
+    return str(chosen) if chosen else None
 
 
 def check_acquisition_advice(acq: Acquisition) -> list[str]:

@@ -15,11 +15,14 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
     File,
+    InputMultiObject,
     SimpleInterface,
     TraitedSpec,
+    isdefined,
     traits,
 )
 
@@ -83,6 +86,71 @@ def register_to_template(
     return str(fwd), str(inv)
 
 
+def register_rigid(
+    moving: str | os.PathLike,
+    fixed: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    mask: str | os.PathLike | None = None,
+    seed: int = 1,
+) -> tuple[str, str]:
+    """Rigid (6-parameter) Mattes-MI registration of ``moving`` (native) to ``fixed`` (e.g. the
+    session's T1w), at the fixed image's resolution. Returns (forward, inverse) composite
+    transforms, forward pulling ``moving`` onto ``fixed``'s grid."""
+    import ants
+
+    os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data, affine = nifti.load(moving)
+    if data.ndim == 4:
+        data = data[..., 0]
+    if mask is not None:
+        data = data * (nifti.load(mask)[0] > 0)
+    mov = ants.image_read(nifti.save(data, affine, str(out_dir / "moving_rigid.nii.gz")))
+    fixed_data, fixed_affine = nifti.load(fixed)
+    if fixed_data.ndim == 4:
+        fixed_data = fixed_data[..., 0]
+    fix = ants.image_read(nifti.save(fixed_data, fixed_affine, str(out_dir / "fixed.nii.gz")))
+    result = ants.registration(
+        fixed=fix, moving=mov, type_of_transform="Rigid", aff_metric="mattes",
+        write_composite_transform=True, outprefix=str(out_dir / "rigid_"), random_seed=seed,
+    )  # fmt: skip
+    return _first(result["fwdtransforms"]), _first(result["invtransforms"])
+
+
+def _first(value):
+    return str(value[0] if isinstance(value, (list, tuple)) else value)
+
+
+def mask_t1w(
+    t1w: str | os.PathLike,
+    native_mask: str | os.PathLike,
+    rigid_forward: str | os.PathLike,
+    out_file: str | os.PathLike,
+    *,
+    dilate_mm: float = 2.0,
+) -> str:
+    """The T1w multiplied by the native brain mask brought onto its grid (nearest neighbour
+    through the rigid transform, dilated by ``dilate_mm``): skull stripping for free, from
+    the magnitude-based mask."""
+    from scipy import ndimage
+
+    tmp = Path(out_file).with_name("mask_in_t1w.nii.gz")
+    apply_transform(native_mask, t1w, rigid_forward, tmp, interpolation="nearestNeighbor",
+                    dtype="uint8")  # fmt: skip
+    mask, affine = nifti.load(tmp)
+    voxel = nifti.geometry(affine)[0]
+    radius = np.maximum(np.round(dilate_mm / np.asarray(voxel)), 0).astype(int)
+    if radius.any():
+        struct = np.ones(tuple(2 * radius + 1), bool)
+        mask = ndimage.binary_dilation(mask > 0, structure=struct)
+    data, _ = nifti.load(t1w)
+    if data.ndim == 4:
+        data = data[..., 0]
+    return nifti.save(data * (mask > 0), affine, str(out_file))
+
+
 def apply_transform(
     moving: str | os.PathLike,
     reference: str | os.PathLike,
@@ -92,17 +160,22 @@ def apply_transform(
     interpolation: str = "linear",
     dtype: str = "float32",
 ):
-    """Resample ``moving`` onto ``reference``'s grid through ``transform`` (an ANTs file).
+    """Resample ``moving`` onto ``reference``'s grid through ``transform`` (an ANTs file, or a
+    list in ANTs order: for a chain native -> T1w -> template, ``[template_fwd, rigid_fwd]``
+    pulls a native image onto the template and ``[rigid_inv, template_inv]`` pulls the atlas
+    onto the native grid).
 
     ``interpolation``: ``linear`` for images, ``nearestNeighbor`` for label maps. The output
     keeps ``reference``'s voxel order and affine (written with nibabel) and has ``dtype``.
     """
     import ants
 
+    if isinstance(transform, (str, os.PathLike)):
+        transform = [transform]
     out = ants.apply_transforms(
         fixed=ants.image_read(str(reference)),
         moving=ants.image_read(str(moving)),
-        transformlist=[str(transform)],
+        transformlist=[str(t) for t in transform],
         interpolator=interpolation,
     )
     _, affine = nifti.load(reference)
@@ -116,38 +189,64 @@ class _RegInputSpec(BaseInterfaceInputSpec):
     moving = File(exists=True, mandatory=True, desc="native image (first-echo magnitude)")
     mask = File(exists=True, desc="native brain mask")
     template = File(exists=True, mandatory=True, desc="skull-stripped T1w template")
+    t1w = File(exists=True, desc="the session's T1w: registration goes through it")
     spacing_mm = traits.Float(REGISTRATION_SPACING_MM, usedefault=True)
 
 
 class _RegOutputSpec(TraitedSpec):
-    forward_transform = File(exists=True, desc="native -> template (ANTs composite .h5)")
-    inverse_transform = File(exists=True, desc="template -> native (ANTs composite .h5)")
+    forward_transforms = traits.List(File(exists=True),
+                                     desc="native -> template, ANTs order (pull onto template)")
+    inverse_transforms = traits.List(File(exists=True),
+                                     desc="template -> native, ANTs order (pull onto native)")
+    template_forward = File(exists=True, desc="(native or T1w) -> template composite .h5")
+    template_inverse = File(exists=True, desc="template -> (native or T1w) composite .h5")
+    rigid_forward = File(exists=True, desc="native -> T1w rigid composite .h5 (with t1w)")
+    rigid_inverse = File(exists=True, desc="T1w -> native rigid composite .h5 (with t1w)")
 
 
 class RegisterToTemplate(SimpleInterface):
-    """ANTs rigid + affine + SyN from the native magnitude to the template."""
+    """ANTs rigid + affine + SyN from the native magnitude to the template; with ``t1w``,
+    magnitude -> T1w rigid, then the (magnitude-masked) T1w -> template nonlinear."""
 
     input_spec = _RegInputSpec
     output_spec = _RegOutputSpec
 
     def _run_interface(self, runtime):
-        fwd, inv = register_to_template(
-            self.inputs.moving,
-            self.inputs.template,
-            runtime.cwd,
-            mask=self.inputs.mask if self.inputs.mask else None,
-            spacing_mm=self.inputs.spacing_mm,
-        )
+        cwd = Path(runtime.cwd)
+        mask = self.inputs.mask if isdefined(self.inputs.mask) else None
+        moving = self.inputs.moving
+        if isdefined(self.inputs.t1w):
+            r_fwd, r_inv = register_rigid(moving, self.inputs.t1w, cwd / "rigid", mask=mask)
+            r_fwd = shutil.move(r_fwd, cwd / "rigid_fwd_xfm.h5")
+            r_inv = shutil.move(r_inv, cwd / "rigid_inv_xfm.h5")
+            if mask is not None:
+                moving = mask_t1w(self.inputs.t1w, mask, r_fwd, cwd / "t1w_brain.nii.gz")
+            else:
+                moving = self.inputs.t1w
+            mask = None
+        fwd, inv = register_to_template(moving, self.inputs.template, cwd / "template",
+                                        mask=mask, spacing_mm=self.inputs.spacing_mm)  # fmt: skip
         # stable names: the sink copies them under their BIDS names
-        self._results["forward_transform"] = shutil.move(fwd, Path(runtime.cwd) / "fwd_xfm.h5")
-        self._results["inverse_transform"] = shutil.move(inv, Path(runtime.cwd) / "inv_xfm.h5")
+        fwd = shutil.move(fwd, cwd / "fwd_xfm.h5")
+        inv = shutil.move(inv, cwd / "inv_xfm.h5")
+        self._results["template_forward"] = str(fwd)
+        self._results["template_inverse"] = str(inv)
+        if isdefined(self.inputs.t1w):
+            self._results["rigid_forward"] = str(r_fwd)
+            self._results["rigid_inverse"] = str(r_inv)
+            self._results["forward_transforms"] = [str(fwd), str(r_fwd)]
+            self._results["inverse_transforms"] = [str(r_inv), str(inv)]
+        else:
+            self._results["forward_transforms"] = [str(fwd)]
+            self._results["inverse_transforms"] = [str(inv)]
         return runtime
 
 
 class _ApplyInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True)
     reference = File(exists=True, mandatory=True, desc="target grid")
-    transform = File(exists=True, mandatory=True)
+    transform = InputMultiObject(File(exists=True), mandatory=True,
+                                 desc="ANTs transform file(s), in ANTs order")
     interpolation = traits.Enum("linear", "nearestNeighbor", usedefault=True)
     dtype = traits.Str("float32", usedefault=True)
 

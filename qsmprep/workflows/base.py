@@ -17,7 +17,11 @@ from qsmprep.interfaces.field import R2starMapping, SWIMapping
 from qsmprep.workflows.field import init_field_wf
 from qsmprep.workflows.outputs import OUTPUTS, init_derivatives_wf, regional_outputs
 from qsmprep.workflows.qsm import METHOD_DOIS, init_qsm_wf
-from qsmprep.workflows.regions import init_regional_stats_wf, init_registration_wf
+from qsmprep.workflows.regions import (
+    TRANSFORM_FIELDS,
+    init_regional_stats_wf,
+    init_registration_wf,
+)
 
 #: Image-size model for node memory: bytes per voxel per echo held by the heaviest stage.
 _BYTES_PER_VOXEL_ECHO = 4 * 12
@@ -124,6 +128,7 @@ def init_qsmprep_wf(
             bipolar_correction=settings.bipolar_correction,
             write_swi=settings.write_swi,
             regions=regions,
+            use_t1w=settings.use_t1w,
         )
         log_dir = Path(settings.output_dir) / f"sub-{acq.subject}" / "log"
         _set_crashdump_dir(wf, log_dir)
@@ -163,6 +168,7 @@ def init_single_acquisition_wf(
     bipolar_correction: bool = False,
     write_swi: bool = True,
     regions: dict | None = None,
+    use_t1w: bool = True,
     name: str | None = None,
 ) -> pe.Workflow:
     """Raw MEGRE phase (+ magnitude) of one acquisition -> derivatives.
@@ -190,6 +196,7 @@ def init_single_acquisition_wf(
         inversion_params = {"phase_scale_rad_per_ppm": scale, **(inversion_params or {})}
     if regions is not None and not has_mag:
         regions = None  # registration needs the magnitude; the runner warns
+    t1w_file = acq.t1w_file if (regions and use_t1w) else None
     if regions is None and reference not in ("brain", "none"):
         raise ValueError(f"{acq.name}: reference {reference!r} needs atlas labels, which need "
                          "magnitude images for the registration")  # fmt: skip
@@ -227,11 +234,11 @@ def init_single_acquisition_wf(
         outputs=tuple(o[0] for o in OUTPUTS
                       if (with_r2star or o[0] not in ("r2starmap", "t2starmap"))
                       and (with_swi or o[0] not in ("swi", "minip"))),
-        extra_outputs=(regional_outputs(regions["atlas_name"], regions["template_name"])
-                       if regions else ()),
+        extra_outputs=(regional_outputs(regions["atlas_name"], regions["template_name"],
+                                        t1w=bool(t1w_file)) if regions else ()),
     )  # fmt: skip
     if regions:
-        reg_wf = init_registration_wf(template=regions["template"],
+        reg_wf = init_registration_wf(template=regions["template"], t1w=t1w_file,
                                       atlas_path=regions["atlas_path"], mem_gb=mem_gb)  # fmt: skip
         reg_wf.inputs.inputnode.moving = acq.magnitude_files[0]
         stats_wf = init_regional_stats_wf(
@@ -243,10 +250,11 @@ def init_single_acquisition_wf(
             (qsm_wf, stats_wf, [("outputnode.chimap", "inputnode.chimap"),
                                 ("outputnode.qsm_mask", "inputnode.qsm_mask")]),
             (reg_wf, stats_wf, [("outputnode.labels", "inputnode.labels"),
-                                ("outputnode.forward_transform", "inputnode.forward_transform")]),
-            (reg_wf, ds_wf, [("outputnode.labels", "inputnode.dseg"),
-                             ("outputnode.forward_transform", "inputnode.xfm_to_template"),
-                             ("outputnode.inverse_transform", "inputnode.xfm_from_template")]),
+                                ("outputnode.forward_transforms",
+                                 "inputnode.forward_transforms")]),
+            (reg_wf, ds_wf, [("outputnode.labels", "inputnode.dseg")] +
+                            [(f"outputnode.{f}", f"inputnode.{f}") for f in TRANSFORM_FIELDS
+                             if t1w_file or not f.startswith("rigid")]),
             (stats_wf, ds_wf, [("outputnode.regions_stats", "inputnode.regions_stats"),
                                ("outputnode.dseg_tsv", "inputnode.dseg_tsv"),
                                ("outputnode.chimap_std", "inputnode.chimap_std")]),

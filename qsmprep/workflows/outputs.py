@@ -26,9 +26,10 @@ OUTPUTS = (
 )  # fmt: skip
 
 
-def regional_outputs(atlas: str, template: str) -> tuple:
+def regional_outputs(atlas: str, template: str, *, t1w: bool = False) -> tuple:
     """Outputs of the registration and regional stages, as
-    ``(field, entities, suffix, static metadata, extension)``."""
+    ``(field, entities, suffix, static metadata, extension)``; with ``t1w`` the transforms
+    are the pair native <-> T1w (rigid) and T1w <-> template."""
     from qsmprep.group import COLUMN_DESCRIPTIONS
 
     columns = {k: v for k, v in COLUMN_DESCRIPTIONS.items()
@@ -37,6 +38,7 @@ def regional_outputs(atlas: str, template: str) -> tuple:
     columns["label"] = {"Description": f"Index of the region in the {atlas} dseg image; 0 is the "
                         "whole brain (every voxel of the QSM mask)"}  # fmt: skip
     seg = {"seg": atlas}
+    source = "T1w" if t1w else "MEGRE"
     return (
         ("dseg", seg, "dseg", {"Description": f"{atlas} atlas labels brought from {template} "
                                "to the native grid (nearest neighbour)"}, ".nii.gz"),
@@ -47,12 +49,18 @@ def regional_outputs(atlas: str, template: str) -> tuple:
         ("chimap_std", {"space": template}, "Chimap",
          {"Units": "ppm", "Description": "Chimap resampled to the template (linear); for "
           "display and voxel-wise group analyses, not for regional statistics"}, ".nii.gz"),
-        ("xfm_to_template", {"from": "MEGRE", "to": template, "mode": "image"}, "xfm",
-         {"Description": "ANTs composite transform (rigid + affine + SyN), native -> template"},
+        ("template_forward", {"from": source, "to": template, "mode": "image"}, "xfm",
+         {"Description": f"ANTs composite transform (rigid + affine + SyN), {source} -> "
+          "template"}, ".h5"),
+        ("template_inverse", {"from": template, "to": source, "mode": "image"}, "xfm",
+         {"Description": f"ANTs composite transform, template -> {source}"}, ".h5"),
+    ) + ((
+        ("rigid_forward", {"from": "MEGRE", "to": "T1w", "mode": "image"}, "xfm",
+         {"Description": "ANTs composite transform (rigid), MEGRE -> the session's T1w"},
          ".h5"),
-        ("xfm_from_template", {"from": template, "to": "MEGRE", "mode": "image"}, "xfm",
-         {"Description": "ANTs composite transform, template -> native"}, ".h5"),
-    )  # fmt: skip
+        ("rigid_inverse", {"from": "T1w", "to": "MEGRE", "mode": "image"}, "xfm",
+         {"Description": "ANTs composite transform (rigid), T1w -> MEGRE"}, ".h5"),
+    ) if t1w else ())  # fmt: skip
 
 
 def init_derivatives_wf(

@@ -13,29 +13,49 @@ from nipype.pipeline import engine as pe
 from qsmprep.interfaces.regions import RegionalStatistics
 from qsmprep.interfaces.registration import ApplyTransform, RegisterToTemplate
 
+#: Transform files of the registration stage (outputnode fields, sinks of ``regional_outputs``).
+TRANSFORM_FIELDS = ("template_forward", "template_inverse", "rigid_forward", "rigid_inverse")
+
 
 def init_registration_wf(
-    *, template: str, atlas_path: str, mem_gb: float = 1.0, name: str = "registration_wf"
+    *,
+    template: str,
+    atlas_path: str,
+    t1w: str | None = None,
+    mem_gb: float = 1.0,
+    name: str = "registration_wf",
 ) -> pe.Workflow:
     """Register the native magnitude to the template and bring the atlas to native space.
 
+    With ``t1w`` (the session's T1w), magnitude -> T1w is rigid and the T1w (masked by the
+    magnitude brain mask brought onto it) -> template is nonlinear.
+
     Inputs: ``moving`` (first-echo magnitude), ``mask`` (native brain mask; also the grid of
-    the labels). Outputs: ``forward_transform``, ``inverse_transform`` (ANTs .h5),
-    ``labels`` (int16 atlas labels on the native grid, nearest neighbour).
+    the labels). Outputs: ``forward_transforms``, ``inverse_transforms`` (ANTs order),
+    :data:`TRANSFORM_FIELDS` (files) and ``labels`` (int16 atlas labels on the native grid,
+    nearest neighbour).
     """
     workflow = pe.Workflow(name=name)
+    via = (
+        "rigidly registered to the session's T1w image, which (masked by the magnitude brain "
+        "mask brought onto it) was registered to the MNI152NLin2009cAsym template"
+        if t1w else "registered to the MNI152NLin2009cAsym template"
+    )  # fmt: skip
     workflow.__desc__ = (
-        "The brain-masked first-echo magnitude was registered to the MNI152NLin2009cAsym "
-        "template with ANTs (rigid, affine and SyN stages, Mattes mutual information; "
-        "Avants et al. 2008), and atlas labels were brought to the native grid through the "
-        "inverse transform by nearest-neighbour interpolation."
+        f"The brain-masked first-echo magnitude was {via} with ANTs (rigid, affine and SyN "
+        "stages, Mattes mutual information; Avants et al. 2008), and atlas labels were "
+        "brought to the native grid through the inverse transforms by nearest-neighbour "
+        "interpolation."
     )
     inputnode = pe.Node(niu.IdentityInterface(fields=["moving", "mask"]), name="inputnode")
     outputnode = pe.Node(
-        niu.IdentityInterface(fields=["forward_transform", "inverse_transform", "labels"]),
+        niu.IdentityInterface(fields=["forward_transforms", "inverse_transforms", "labels",
+                                      *TRANSFORM_FIELDS]),
         name="outputnode",
-    )
+    )  # fmt: skip
     register = pe.Node(RegisterToTemplate(template=template), name="register", mem_gb=mem_gb)
+    if t1w:
+        register.inputs.t1w = t1w
     atlas_to_native = pe.Node(
         ApplyTransform(in_file=atlas_path, interpolation="nearestNeighbor", dtype="int16"),
         name="atlas_to_native", mem_gb=mem_gb,
@@ -43,9 +63,11 @@ def init_registration_wf(
     workflow.connect([
         (inputnode, register, [("moving", "moving"), ("mask", "mask")]),
         (inputnode, atlas_to_native, [("mask", "reference")]),
-        (register, atlas_to_native, [("inverse_transform", "transform")]),
-        (register, outputnode, [("forward_transform", "forward_transform"),
-                                ("inverse_transform", "inverse_transform")]),
+        (register, atlas_to_native, [("inverse_transforms", "transform")]),
+        (register, outputnode, [("forward_transforms", "forward_transforms"),
+                                ("inverse_transforms", "inverse_transforms"),
+                                *[(f, f) for f in TRANSFORM_FIELDS
+                                  if t1w or not f.startswith("rigid")]]),
         (atlas_to_native, outputnode, [("out_file", "labels")]),
     ])  # fmt: skip
     return workflow
@@ -62,12 +84,12 @@ def init_regional_stats_wf(
     """Regional statistics in native space and the Chimap resampled to the template.
 
     Inputs: ``chimap`` (referenced, ppm), ``qsm_mask``, ``labels`` (native),
-    ``forward_transform``. Outputs: ``regions_stats`` (TSV), ``dseg_tsv`` (label table),
-    ``chimap_std`` (template space, linear interpolation; never used for statistics).
+    ``forward_transforms`` (ANTs order). Outputs: ``regions_stats`` (TSV), ``dseg_tsv``
+    (label table), ``chimap_std`` (template space, linear interpolation; never used for statistics).
     """
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(
-        niu.IdentityInterface(fields=["chimap", "qsm_mask", "labels", "forward_transform"]),
+        niu.IdentityInterface(fields=["chimap", "qsm_mask", "labels", "forward_transforms"]),
         name="inputnode",
     )
     outputnode = pe.Node(
@@ -83,7 +105,7 @@ def init_regional_stats_wf(
                           name="chimap_to_template", mem_gb=mem_gb)  # fmt: skip
     workflow.connect([
         (inputnode, stats, [("chimap", "chimap"), ("labels", "labels"), ("qsm_mask", "mask")]),
-        (inputnode, to_template, [("chimap", "in_file"), ("forward_transform", "transform")]),
+        (inputnode, to_template, [("chimap", "in_file"), ("forward_transforms", "transform")]),
         (stats, outputnode, [("out_table", "regions_stats"), ("out_labels", "dseg_tsv")]),
         (to_template, outputnode, [("out_file", "chimap_std")]),
     ])  # fmt: skip

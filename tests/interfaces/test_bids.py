@@ -88,6 +88,23 @@ def test_sessions_runs_acquisitions_are_grouped(make_bids):
     assert all(a.n_echoes == 3 for a in acqs)
 
 
+def test_session_t1w_is_found_for_the_registration(make_bids):
+    import shutil
+
+    root = make_bids(subjects=("01", "02"), sessions=("1", "2"))
+    anat = root / "sub-01" / "ses-2" / "anat"
+    mag = next(anat.glob("*echo-1_part-mag_MEGRE.nii.gz"))
+    shutil.copy(mag, anat / "sub-01_ses-2_T1w.nii.gz")
+    shutil.copy(mag, anat / "sub-01_ses-2_ce-gad_T1w.nii.gz")  # contrast-enhanced: not chosen
+    (anat / "sub-01_ses-2_rec-norm_T1w.nii.gz").write_bytes(b"")  # empty: ignored
+    found = {a.name: a.t1w_file for a in collect_acquisitions(root)}
+    assert found["sub-01_ses-2"] == str(anat / "sub-01_ses-2_T1w.nii.gz")
+    assert found["sub-01_ses-1"] is None and found["sub-02_ses-2"] is None
+    (anat / "sub-01_ses-2_T1w.nii.gz").unlink()
+    found = {a.name: a.t1w_file for a in collect_acquisitions(root)}
+    assert found["sub-01_ses-2"].endswith("sub-01_ses-2_ce-gad_T1w.nii.gz")
+
+
 @pytest.mark.parametrize("label", ["02", "sub-02", ["sub-02"]])
 def test_participant_label_with_or_without_prefix(make_bids, label):
     root = make_bids(subjects=("01", "02", "03"))

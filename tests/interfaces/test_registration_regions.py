@@ -83,6 +83,46 @@ def test_registration_recovers_a_known_head_motion(coarse_template, tmp_path):
     assert np.corrcoef(moved[brain], t["t1"][brain])[0, 1] > 0.9
 
 
+def test_registration_through_a_t1w_chains_both_transforms(coarse_template, tmp_path):
+    """Magnitude -> T1w (rigid) -> template (SyN): two different head positions, and the
+    chained transforms must still put the atlas on the native voxels (a wrong chain order
+    misses by the motions)."""
+    from qsmprep.interfaces.registration import RegisterToTemplate
+
+    t = coarse_template
+    native_affine = _rigid(25.0, (19.0, -17.0, 15.0)) @ t["affine"]
+    rot_x = np.eye(4)
+    a = np.deg2rad(-20.0)
+    rot_x[1:3, 1:3] = [[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]
+    rot_x[:3, 3] = (-15.0, 16.0, -14.0)
+    t1w_affine = rot_x @ t["affine"]
+    native = _save(tmp_path / "native.nii.gz", t["t1"] * 0.5 + 10.0 * (t["t1"] > 0),
+                   native_affine)  # another contrast  # fmt: skip
+    mask = _save(tmp_path / "mask.nii.gz", (t["t1"] > 0).astype(np.uint8), native_affine)
+    head = np.pad(t["t1"], 3, constant_values=0) + 30.0  # a "scalp" the mask must strip
+    t1w = _save(tmp_path / "t1w.nii.gz", head,
+                t1w_affine @ np.array([[1, 0, 0, -3], [0, 1, 0, -3], [0, 0, 1, -3], [0, 0, 0, 1]]))
+    res = RegisterToTemplate(moving=str(native), mask=str(mask), template=str(t["t1_path"]),
+                             t1w=str(t1w), spacing_mm=3.0).run(cwd=tmp_path)  # fmt: skip
+    out = res.outputs
+    assert len(out.forward_transforms) == 2 and len(out.inverse_transforms) == 2
+    back = apply_transform(t["labels_path"], native, out.inverse_transforms,
+                           tmp_path / "labels_native.nii.gz", interpolation="nearestNeighbor",
+                           dtype="int16")  # fmt: skip
+    labels = np.asanyarray(nb.load(back).dataobj)
+    for k in (1, 2, 3):
+        assert _dice(labels == k, t["labels"] == k) > 0.7, k
+    wrong = apply_transform(t["labels_path"], native, out.inverse_transforms[::-1],
+                            tmp_path / "wrong.nii.gz", interpolation="nearestNeighbor",
+                            dtype="int16")  # fmt: skip
+    assert _dice(np.asanyarray(nb.load(wrong).dataobj) == 3, t["labels"] == 3) < 0.5
+    sent = apply_transform(native, t["t1_path"], out.forward_transforms,
+                           tmp_path / "in_template.nii.gz")  # fmt: skip
+    moved = np.asanyarray(nb.load(sent).dataobj)
+    brain = t["t1"] > 0
+    assert np.corrcoef(moved[brain], t["t1"][brain])[0, 1] > 0.9
+
+
 def _grid(tmp_path):
     affine = np.diag([2.0, 2.0, 2.0, 1.0])
     chi = np.zeros((6, 4, 4), np.float32)

@@ -40,22 +40,51 @@ def test_regions_add_registration_labels_stats_and_sinks(tmp_path):
                                     bids_dir=str(tmp_path), regions=_regions(tmp_path))  # fmt: skip
     nodes = _nodes(wf)
     assert {"register", "atlas_to_native", "regional_stats", "chimap_to_template", "ds_dseg",
-            "ds_dseg_tsv", "ds_regions_stats", "ds_chimap_std", "ds_xfm_to_template",
-            "ds_xfm_from_template"} <= nodes  # fmt: skip
+            "ds_dseg_tsv", "ds_regions_stats", "ds_chimap_std", "ds_template_forward",
+            "ds_template_inverse"} <= nodes  # fmt: skip
+    assert "ds_rigid_forward" not in nodes
     reg = wf.get_node("registration_wf")
     assert reg.get_node("register").inputs.template == str(tmp_path / "tpl.nii.gz")
     assert reg.inputs.inputnode.moving.endswith("echo-1_part-mag_MEGRE.nii.gz")
     to_native = reg.get_node("atlas_to_native")
     assert to_native.inputs.interpolation == "nearestNeighbor"
-    assert ("inverse_transform", "transform") in _edges(wf, "register", "atlas_to_native")
-    assert ("forward_transform", "transform") in _edges(wf, "register", "chimap_to_template")
+    assert ("inverse_transforms", "transform") in _edges(wf, "register", "atlas_to_native")
+    assert ("forward_transforms", "transform") in _edges(wf, "register", "chimap_to_template")
     # statistics read the referenced Chimap and the QSM mask, in native space
     assert ("out_file", "chimap") in _edges(wf, "referencing", "regional_stats")
     assert ("out_mask", "mask") in _edges(wf, "bg_removal", "regional_stats")
     ds = wf.get_node("derivatives_wf")
     assert ds.get_node("ds_regions_stats").inputs.entities["seg"] == "qsmprep"
     assert ds.get_node("ds_chimap_std").inputs.entities["space"] == "MNI152NLin2009cAsym"
-    assert ds.get_node("ds_xfm_to_template").inputs.extension == ".h5"
+    xfm = ds.get_node("ds_template_forward").inputs
+    assert xfm.extension == ".h5" and xfm.suffix == "xfm"
+    assert (xfm.entities["from"], xfm.entities["to"]) == ("MEGRE", "MNI152NLin2009cAsym")
+    assert "t1w" not in reg.get_node("register").inputs.get() or not reg.get_node(
+        "register").inputs.t1w  # fmt: skip
+
+
+def test_a_session_t1w_becomes_the_registration_intermediate(tmp_path):
+    import dataclasses
+
+    t1w = tmp_path / "sub-01_T1w.nii.gz"
+    t1w.touch()
+    acq = dataclasses.replace(_acq(tmp_path), t1w_file=str(t1w))
+    wf = init_single_acquisition_wf(acq, output_dir=str(tmp_path), bids_dir=str(tmp_path),
+                                    regions=_regions(tmp_path))  # fmt: skip
+    reg = wf.get_node("registration_wf")
+    assert reg.get_node("register").inputs.t1w == str(t1w)
+    assert "T1w" in reg.__desc__
+    ds = wf.get_node("derivatives_wf")
+    pairs = {n: (ds.get_node(n).inputs.entities["from"], ds.get_node(n).inputs.entities["to"])
+             for n in ("ds_template_forward", "ds_template_inverse", "ds_rigid_forward",
+                       "ds_rigid_inverse")}  # fmt: skip
+    assert pairs == {"ds_template_forward": ("T1w", "MNI152NLin2009cAsym"),
+                     "ds_template_inverse": ("MNI152NLin2009cAsym", "T1w"),
+                     "ds_rigid_forward": ("MEGRE", "T1w"),
+                     "ds_rigid_inverse": ("T1w", "MEGRE")}  # fmt: skip
+    off = init_single_acquisition_wf(acq, output_dir=str(tmp_path), bids_dir=str(tmp_path),
+                                     regions=_regions(tmp_path), use_t1w=False)  # fmt: skip
+    assert "ds_rigid_forward" not in _nodes(off)
 
 
 def test_region_reference_feeds_native_labels_to_referencing(tmp_path):
