@@ -45,7 +45,9 @@ def describe_plan(settings, acquisitions) -> str:
         tes = ", ".join(f"{t * 1e3:.2f}" for t in acq.echo_times_s)
         mag = f"{len(acq.magnitude_files)} magnitude" if acq.magnitude_files else "phase-only"
         b0 = f"{acq.b0_tesla:g} T" + (" (from --b0-tesla)" if acq.b0_from_cli else "")
-        lines.append(f"  {acq.name}: {len(acq.phase_files)} echo(es) TE=[{tes}] ms, {mag}, {b0}")
+        t1w = f", T1w {Path(acq.t1w_file).name}" if acq.t1w_file and settings.use_t1w else ""
+        lines.append(f"  {acq.name}: {len(acq.phase_files)} echo(es) TE=[{tes}] ms, {mag}, "
+                     f"{b0}{t1w}")  # fmt: skip
     lines.append("stages:")
     lines.append(
         f"  phase scaling (sign {settings.phase_sign:+d}) -> masking: {settings.masking}"
@@ -62,6 +64,9 @@ def describe_plan(settings, acquisitions) -> str:
         extras.append(f"user masks from {settings.brain_mask_dir}")
     extras.append("R2*/T2*" + (", SWI/minIP" if settings.write_swi else "") + " with magnitude")
     lines.append("  " + "; ".join(extras))
+    if settings.regions:
+        lines.append(f"  registration to MNI152NLin2009cAsym (ANTs) -> atlas {settings.atlas} "
+                     "in native space -> regional table (acquisitions with magnitude)")  # fmt: skip
     return "\n".join(lines)
 
 

@@ -16,6 +16,24 @@ def test_dry_run_lists_acquisitions_and_stages(make_bids, tmp_path, capsys):
     assert "sub-02" in out and "sub-01" not in out
     assert "inversion: tkd" in out and "TE=[4.00, 8.00, 12.00] ms" in out
     assert not (tmp_path / "out" / "sub-02").exists()  # a dry run writes nothing
+    assert "registration to MNI152NLin2009cAsym" in out and "atlas qsmprep" in out
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--atlas", "NoSuchAtlas"], "atlas 'NoSuchAtlas': not a file"),
+        (["--reference", "nucleus_ruber"], "--reference nucleus_ruber: not a region of the "
+                                           "qsmprep atlas"),
+        (["--atlas", "missing.nii.gz", "--atlas-labels", "x.tsv"], "atlas file not found"),
+    ],
+)
+def test_bad_atlas_or_reference_is_one_line_and_nonzero(make_bids, tmp_path, capsys, extra,
+                                                        message):
+    bids = make_bids()
+    rc = main([str(bids), str(tmp_path / "out"), "participant", "--dry-run", *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0 and len(err) == 1 and message in err[0], err
 
 
 def test_no_megre_data_is_a_clear_error(tmp_path, capsys):
