@@ -34,6 +34,26 @@ REGISTRATION_SPACING_MM = 1.5
 SYN_ITERATIONS = (40, 20, 0)
 
 
+def _prepare(out_dir) -> Path:
+    """Create ``out_dir``; ANTs single-threaded unless the user chose otherwise."""
+    os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir
+
+
+def _rewrite(path, out_path, *, mask=None) -> str:
+    """Copy of an image (first volume if 4-D, times ``mask`` if given) written with nibabel's
+    affine as both sform and qform: ITK may read a scanner file's qform where nibabel reads
+    its sform, and outputs are written on nibabel's grid, so both must agree on every voxel."""
+    data, affine = nifti.load(path)
+    if data.ndim == 4:
+        data = data[..., 0]
+    if mask is not None:
+        data = data * (nifti.load(mask)[0] > 0)
+    return nifti.save(data, affine, str(out_path))
+
+
 def register_to_template(
     moving: str | os.PathLike,
     template: str | os.PathLike,
@@ -53,19 +73,8 @@ def register_to_template(
     """
     import ants
 
-    os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # Rewrite the moving image with nibabel's affine as both sform and qform: ITK may read a
-    # scanner file's qform where nibabel reads its sform, and the labels are later written on
-    # nibabel's grid, so both must agree on where every voxel is.
-    data, affine = nifti.load(moving)
-    if data.ndim == 4:
-        data = data[..., 0]
-    if mask is not None:
-        data = data * (nifti.load(mask)[0] > 0)
-    moving_path = nifti.save(data, affine, str(out_dir / "moving.nii.gz"))
-    mov = ants.image_read(moving_path)
+    out_dir = _prepare(out_dir)
+    mov = ants.image_read(_rewrite(moving, out_dir / "moving.nii.gz", mask=mask))
     fixed = ants.image_read(str(template))
     if spacing_mm:
         fixed = ants.resample_image(fixed, (spacing_mm,) * 3, use_voxels=False, interp_type=4)
@@ -99,19 +108,9 @@ def register_rigid(
     transforms, forward pulling ``moving`` onto ``fixed``'s grid."""
     import ants
 
-    os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    data, affine = nifti.load(moving)
-    if data.ndim == 4:
-        data = data[..., 0]
-    if mask is not None:
-        data = data * (nifti.load(mask)[0] > 0)
-    mov = ants.image_read(nifti.save(data, affine, str(out_dir / "moving_rigid.nii.gz")))
-    fixed_data, fixed_affine = nifti.load(fixed)
-    if fixed_data.ndim == 4:
-        fixed_data = fixed_data[..., 0]
-    fix = ants.image_read(nifti.save(fixed_data, fixed_affine, str(out_dir / "fixed.nii.gz")))
+    out_dir = _prepare(out_dir)
+    mov = ants.image_read(_rewrite(moving, out_dir / "moving_rigid.nii.gz", mask=mask))
+    fix = ants.image_read(_rewrite(fixed, out_dir / "fixed.nii.gz"))
     result = ants.registration(
         fixed=fix, moving=mov, type_of_transform="Rigid", aff_metric="mattes",
         write_composite_transform=True, outprefix=str(out_dir / "rigid_"), random_seed=seed,
