@@ -78,6 +78,7 @@ def evaluate(sub: str, out: Path, phantom, atlas) -> dict:
             true=truth_ref[true_k].mean() if true_k.any() else np.nan,
             est=float(rec["mean_ppm"][0]) if len(rec) and est_k.any() else np.nan,
             est_median=float(rec["median_ppm"][0]) if len(rec) and est_k.any() else np.nan,
+            est_core=float(rec["core_mean_ppm"][0]) if len(rec) and est_k.any() else np.nan,
             est_true_labels=chi[true_k].mean() if true_k.any() else np.nan,
         ))  # fmt: skip
     from qsmprep.algorithms.metrics import nrmse
@@ -174,13 +175,17 @@ def main(argv=None) -> int:
         a, b = slope([r["true"] for r in rows], [r["est"] for r in rows])
         a2, _ = slope([r["true"] for r in rows], [r["est_true_labels"] for r in rows])
         a3, _ = slope([r["true"] for r in rows], [r["est_median"] for r in rows])
+        a4, _ = slope([r["true"] for r in rows], [r["est_core"] for r in rows])
         print(f"  slope of means est/true {a:.3f} (intercept {1e3 * b:.1f} ppb); of medians "
-              f"{a3:.3f}; of means with the true labels {a2:.3f}")  # fmt: skip
+              f"{a3:.3f}; of core means {a4:.3f}; of means with the true labels "
+              f"{a2:.3f}")  # fmt: skip
     a, b = slope([r["true"] for r in all_rows], [r["est"] for r in all_rows])
     a3, _ = slope([r["true"] for r in all_rows], [r["est_median"] for r in all_rows])
+    a4, _ = slope([r["true"] for r in all_rows], [r["est_core"] for r in all_rows])
     err = 1e3 * np.nanmedian(np.abs([r["est"] - r["true"] for r in all_rows]))
     print(f"\nall subjects: slope of means {a:.3f} (intercept {1e3 * b:.1f} ppb), of medians "
-          f"{a3:.3f}; median |error of the mean| {err:.1f} ppb")  # fmt: skip
+          f"{a3:.3f}, of core means {a4:.3f}; median |error of the mean| "
+          f"{err:.1f} ppb")  # fmt: skip
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -76,6 +76,19 @@ COLUMN_DESCRIPTIONS = {
         "Description": "Interquartile range of susceptibility in the region",
         "Units": "ppm",
     },  # fmt: skip
+    "n_core_voxels": {
+        "Description": "Voxels of the region's core: its voxels whose six neighbours are in the "
+        "same region (boundary voxels, where partial volume and registration errors mix in "
+        "neighbouring tissue, left out), inside the QSM mask; n/a for the whole brain"
+    },  # fmt: skip
+    "core_mean_ppm": {
+        "Description": "Mean susceptibility over the region's core, relative to the reference",
+        "Units": "ppm",
+    },  # fmt: skip
+    "core_median_ppm": {
+        "Description": "Median susceptibility over the region's core, relative to the reference",
+        "Units": "ppm",
+    },  # fmt: skip
     "reference": {
         "Description": "Reference region whose mean susceptibility was set to zero "
         "(brain, csf, an atlas region, or none)"

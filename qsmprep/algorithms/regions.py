@@ -188,6 +188,50 @@ def region_statistics(
     return rows
 
 
+def core_labels(labels: npt.ArrayLike) -> np.ndarray:
+    """Each label eroded by one voxel within itself: the region's core.
+
+    A labelled voxel is kept when its six face neighbours carry the same label (voxels on the
+    image border are dropped). Statistics over the core leave out the boundary voxels, where
+    partial volume and small registration errors mix in the neighbouring tissue (for deep grey
+    nuclei that border white matter, the boundary biases the mean towards it).
+
+    Parameters
+    ----------
+    labels : (X, Y, Z) integer label map; 0 is background.
+
+    Returns
+    -------
+    Label map of the same dtype, 0 outside the cores.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> lab = np.zeros((5, 5, 5), np.int16)
+    >>> lab[1:4, 1:4, 1:4] = 2
+    >>> int(core_labels(lab).sum()), int(core_labels(lab)[2, 2, 2])
+    (2, 2)
+    """
+    lab = np.asarray(labels)
+    if lab.ndim != 3 or not np.issubdtype(lab.dtype, np.integer):
+        raise ValueError(f"labels must be a 3-D integer array, got {lab.dtype} {lab.shape}")
+    keep = lab > 0
+    keep[[0, -1], :, :] = False
+    keep[:, [0, -1], :] = False
+    keep[:, :, [0, -1]] = False
+    inner = (slice(1, -1),) * 3
+    centre = lab[inner]
+    core = keep[inner]
+    for axis in range(3):
+        for step in (-1, 1):
+            window = [slice(1, -1)] * 3
+            window[axis] = slice(1 + step, lab.shape[axis] - 1 + step)
+            core &= lab[tuple(window)] == centre
+    out = np.zeros_like(lab)
+    out[inner] = np.where(core, centre, 0)
+    return out
+
+
 def reference_to_region(
     chi_ppm: npt.ArrayLike,
     *,

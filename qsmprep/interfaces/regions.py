@@ -21,7 +21,8 @@ from qsmprep.interfaces import nifti
 
 #: Columns of the regional table, in order.
 COLUMNS = ("region", "hemisphere", "label", "n_voxels", "mean_ppm", "median_ppm", "std_ppm",
-           "iqr_ppm", "reference")  # fmt: skip
+           "iqr_ppm", "n_core_voxels", "core_mean_ppm", "core_median_ppm",
+           "reference")  # fmt: skip
 
 
 def write_table(rows: list[dict], path: str, columns=COLUMNS) -> str:
@@ -62,15 +63,22 @@ class RegionalStatistics(SimpleInterface):
     output_spec = _StatsOutputSpec
 
     def _run_interface(self, runtime):
-        from qsmprep.algorithms.regions import region_statistics
+        from qsmprep.algorithms.regions import core_labels, region_statistics
 
         chi, _ = nifti.load(self.inputs.chimap)
         labels, _ = nifti.load(self.inputs.labels, dtype=None)
         mask = nifti.load(self.inputs.mask)[0] > 0
         names = {int(k): v for k, v in self.inputs.label_names.items()}
-        rows = region_statistics(chi, np.rint(labels).astype(np.int32), label_names=names,
-                                 mask=mask)  # fmt: skip
+        labels = np.rint(labels).astype(np.int32)
+        rows = region_statistics(chi, labels, label_names=names, mask=mask)
+        # the same statistics over each region's core (its boundary voxels left out)
+        core_rows = region_statistics(chi, core_labels(labels), label_names=names, mask=mask)
+        cores = {r["label"]: r for r in core_rows}
         for row in rows:
+            core = cores[row["label"]] if row["label"] else {}
+            row["n_core_voxels"] = core.get("n_voxels")
+            row["core_mean_ppm"] = core.get("mean_ppm")
+            row["core_median_ppm"] = core.get("median_ppm")
             row["reference"] = self.inputs.reference
         self._results["out_table"] = write_table(
             rows, os.path.join(runtime.cwd, "regions_stats.tsv")

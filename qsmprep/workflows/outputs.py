@@ -34,7 +34,8 @@ def regional_outputs(atlas: str, template: str, *, t1w: bool = False) -> tuple:
 
     columns = {k: v for k, v in COLUMN_DESCRIPTIONS.items()
                if k in ("region", "hemisphere", "n_voxels", "mean_ppm", "median_ppm", "std_ppm",
-                        "iqr_ppm", "reference")}  # fmt: skip
+                        "iqr_ppm", "n_core_voxels", "core_mean_ppm", "core_median_ppm",
+                        "reference")}  # fmt: skip
     columns["label"] = {"Description": f"Index of the region in the {atlas} dseg image; 0 is the "
                         "whole brain (every voxel of the QSM mask)"}  # fmt: skip
     seg = {"seg": atlas}

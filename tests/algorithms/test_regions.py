@@ -251,3 +251,19 @@ def test_phantom_reference_to_white_matter(phantom):
     gp = ph.labels == names["globus_pallidus"]
     assert abs(chi[wm].mean()) < 1e-6
     assert chi[gp].mean() == pytest.approx(0.18, abs=1e-6)
+
+
+def test_core_labels_drop_each_regions_boundary():
+    from qsmprep.algorithms.regions import core_labels
+
+    lab = np.zeros((9, 9, 9), np.int16)
+    lab[1:8, 1:8, 1:8] = 1  # a 7^3 cube: its core is the inner 5^3
+    lab[3:6, 3:6, 3:6] = 2  # a 3^3 nucleus inside it: core is its centre voxel
+    core = core_labels(lab)
+    assert core[4, 4, 4] == 2 and (core == 2).sum() == 1
+    # region 1 loses its outer shell and the 6 x 9 voxels facing region 2: 125 - 27 - 54
+    assert (core == 1).sum() == 44
+    assert core[2, 2, 2] == 1 and core[1, 4, 4] == 0 and core[2, 4, 4] == 0  # shell, facing 2
+    assert core.dtype == lab.dtype and set(np.unique(core)) <= {0, 1, 2}
+    with pytest.raises(ValueError):
+        core_labels(lab.astype(float))

@@ -159,6 +159,9 @@ def test_regional_table_columns_values_and_reference(tmp_path):
     assert int(whole["n_voxels"]) == mask.sum()
     assert by[("absent", "n/a")]["mean_ppm"] == "n/a" and by[("absent", "n/a")]["n_voxels"] == "0"
     assert {r["reference"] for r in rows} == {"csf"}
+    # cores: label 1 is a 2-voxel-thick slab and label 2 too, so neither has a core voxel
+    assert gp["n_core_voxels"] == "0" and gp["core_mean_ppm"] == "n/a"
+    assert whole["n_core_voxels"] == "n/a"
     lut = open(res.outputs.out_labels).read().splitlines()
     assert lut == ["index\tname", "1\tGP_L", "2\twhite_matter_R", "3\tabsent"]
 
