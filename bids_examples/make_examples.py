@@ -26,6 +26,7 @@ import numpy as np
 from qsmprep.algorithms import simulate
 from qsmprep.algorithms.constants import ppm_to_hz
 from qsmprep.algorithms.kernels import b0_direction_from_affine, forward_field
+from qsmprep.algorithms.simulate_anatomy import rotation_matrix
 
 HERE = Path(__file__).resolve().parent
 
@@ -39,11 +40,8 @@ SUBJECTS = {
 
 def oblique_affine(shape, voxel, angles_deg) -> np.ndarray:
     """Affine of a slab rotated by ``angles_deg`` about x then y, centred at the origin."""
-    ax, ay = np.deg2rad(angles_deg)
-    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
-    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
     aff = np.eye(4)
-    aff[:3, :3] = ry @ rx @ np.diag(voxel)
+    aff[:3, :3] = rotation_matrix((*angles_deg, 0.0)) @ np.diag(voxel)
     aff[:3, 3] = -aff[:3, :3] @ ((np.array(shape) - 1) / 2.0)
     return aff
 
@@ -137,11 +135,8 @@ def simulate_anatomical_subject(cfg: dict):
     zoom = np.diag([*scale, 1.0])
     zoom[:3, 3] = (scale - 1) / 2
     affine = sa.padded_affine(tpl.affine @ crop @ zoom, pad)
-    ax, ay = np.deg2rad(cfg.get("angles_deg", (0.0, 0.0)))
-    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
-    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
     tilt = np.eye(4)
-    tilt[:3, :3] = ry @ rx
+    tilt[:3, :3] = rotation_matrix((*cfg.get("angles_deg", (0.0, 0.0)), 0.0))
     affine = tilt @ affine  # an oblique acquisition: the head is tilted in the scanner
     b0_dir = b0_direction_from_affine(affine)
     shape = phantom.chi_ppm.shape
@@ -161,10 +156,9 @@ def simulate_anatomical_subject(cfg: dict):
 
 def write_t1w(dataset: Path, sub: str, t1w: np.ndarray, affine: np.ndarray, motion) -> None:
     """The subject's T1w, moved rigidly (``(degrees about z, shift mm)``) in the scanner."""
-    angle, shift = np.deg2rad(motion[0]), motion[1]
     move = np.eye(4)
-    move[:2, :2] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
-    move[:3, 3] = shift
+    move[:3, :3] = rotation_matrix((0.0, 0.0, motion[0]))
+    move[:3, 3] = motion[1]
     _save(t1w, move @ affine, dataset / f"sub-{sub}" / "anat" / f"sub-{sub}_T1w.nii.gz",
           np.float32)
 

@@ -8,6 +8,7 @@ import nibabel as nb
 import numpy as np
 import pytest
 
+from qsmprep.algorithms.simulate_anatomy import rotation_matrix
 from qsmprep.interfaces.qsm import Referencing
 from qsmprep.interfaces.regions import COLUMNS, RegionalStatistics
 from qsmprep.interfaces.registration import apply_transform, register_to_template
@@ -42,10 +43,10 @@ def coarse_template(tmp_path_factory):
             "labels_path": _save(tmp / "labels.nii.gz", labels, affine)}  # fmt: skip
 
 
-def _rigid(angle_deg, shift_mm):
-    a = np.deg2rad(angle_deg)
+def _rigid(rotation_deg, shift_mm):
+    """A head motion: rotation (degrees about x, y, z) then shift (mm), as a 4x4 affine."""
     m = np.eye(4)
-    m[:3, :3] = [[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]]
+    m[:3, :3] = rotation_matrix(rotation_deg)
     m[:3, 3] = shift_mm
     return m
 
@@ -59,7 +60,7 @@ def test_registration_recovers_a_known_head_motion(coarse_template, tmp_path):
     (a head moved in the scanner): the atlas brought back to native space must land on the
     same voxels, and native data sent forward must land on the template."""
     t = coarse_template
-    native_affine = _rigid(12.0, (9.0, -7.0, 5.0)) @ t["affine"]
+    native_affine = _rigid((0.0, 0.0, 12.0), (9.0, -7.0, 5.0)) @ t["affine"]
     native = _save(tmp_path / "native.nii.gz", t["t1"], native_affine)
     mask = _save(tmp_path / "mask.nii.gz", (t["t1"] > 0).astype(np.uint8), native_affine)
     fwd, inv = register_to_template(native, t["t1_path"], tmp_path / "reg", mask=mask,
@@ -90,12 +91,8 @@ def test_registration_through_a_t1w_chains_both_transforms(coarse_template, tmp_
     from qsmprep.interfaces.registration import RegisterToTemplate
 
     t = coarse_template
-    native_affine = _rigid(25.0, (19.0, -17.0, 15.0)) @ t["affine"]
-    rot_x = np.eye(4)
-    a = np.deg2rad(-20.0)
-    rot_x[1:3, 1:3] = [[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]
-    rot_x[:3, 3] = (-15.0, 16.0, -14.0)
-    t1w_affine = rot_x @ t["affine"]
+    native_affine = _rigid((0.0, 0.0, 25.0), (19.0, -17.0, 15.0)) @ t["affine"]
+    t1w_affine = _rigid((-20.0, 0.0, 0.0), (-15.0, 16.0, -14.0)) @ t["affine"]
     native = _save(tmp_path / "native.nii.gz", t["t1"] * 0.5 + 10.0 * (t["t1"] > 0),
                    native_affine)  # another contrast  # fmt: skip
     mask = _save(tmp_path / "mask.nii.gz", (t["t1"] > 0).astype(np.uint8), native_affine)
