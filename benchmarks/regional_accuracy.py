@@ -95,6 +95,22 @@ def slope(x, y) -> tuple[float, float]:
     return float(a), float(b)
 
 
+#: Estimates compared with the truth: table mean, median, core mean, and mean over true labels.
+_ESTIMATES = (("est", "means"), ("est_median", "medians"), ("est_core", "core means"),
+              ("est_true_labels", "means with the true labels"))  # fmt: skip
+
+
+def describe_slopes(rows: list[dict]) -> str:
+    """One line: slope (and intercept of the means) of every estimate against the truth."""
+    true = [r["true"] for r in rows]
+    parts = []
+    for key, name in _ESTIMATES:
+        a, b = slope(true, [r[key] for r in rows])
+        parts.append(f"slope of {name} {a:.3f}" + (f" (intercept {1e3 * b:.1f} ppb)"
+                                                  if key == "est" else ""))  # fmt: skip
+    return "; ".join(parts)
+
+
 def time_registration(dataset: Path, out: Path, sub: str, repeats: int) -> list[float]:
     """Wall time of the registration node (through the T1w when the subject has one)."""
     from qsmprep.data.templates import get_template
@@ -172,19 +188,9 @@ def main(argv=None) -> int:
             print(f"  {r['region']:24s} {r['hemi']:4s} {r['dice']:6.3f} {1e3 * r['true']:9.1f} "
                   f"{1e3 * r['est']:9.1f} {1e3 * (r['est'] - r['true']):8.1f} "
                   f"{1e3 * r['est_true_labels']:14.1f}")  # fmt: skip
-        a, b = slope([r["true"] for r in rows], [r["est"] for r in rows])
-        a2, _ = slope([r["true"] for r in rows], [r["est_true_labels"] for r in rows])
-        a3, _ = slope([r["true"] for r in rows], [r["est_median"] for r in rows])
-        a4, _ = slope([r["true"] for r in rows], [r["est_core"] for r in rows])
-        print(f"  slope of means est/true {a:.3f} (intercept {1e3 * b:.1f} ppb); of medians "
-              f"{a3:.3f}; of core means {a4:.3f}; of means with the true labels "
-              f"{a2:.3f}")  # fmt: skip
-    a, b = slope([r["true"] for r in all_rows], [r["est"] for r in all_rows])
-    a3, _ = slope([r["true"] for r in all_rows], [r["est_median"] for r in all_rows])
-    a4, _ = slope([r["true"] for r in all_rows], [r["est_core"] for r in all_rows])
+        print("  " + describe_slopes(rows))
     err = 1e3 * np.nanmedian(np.abs([r["est"] - r["true"] for r in all_rows]))
-    print(f"\nall subjects: slope of means {a:.3f} (intercept {1e3 * b:.1f} ppb), of medians "
-          f"{a3:.3f}, of core means {a4:.3f}; median |error of the mean| "
+    print(f"\nall subjects: {describe_slopes(all_rows)}; median |error of the mean| "
           f"{err:.1f} ppb")  # fmt: skip
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)

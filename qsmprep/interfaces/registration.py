@@ -42,7 +42,7 @@ def _prepare(out_dir) -> Path:
     return out_dir
 
 
-def _rewrite(path, out_path, *, mask=None) -> str:
+def _write_for_itk(path, out_path, *, mask=None) -> str:
     """Copy of an image (first volume if 4-D, times ``mask`` if given) written with nibabel's
     affine as both sform and qform: ITK may read a scanner file's qform where nibabel reads
     its sform, and outputs are written on nibabel's grid, so both must agree on every voxel."""
@@ -74,7 +74,7 @@ def register_to_template(
     import ants
 
     out_dir = _prepare(out_dir)
-    mov = ants.image_read(_rewrite(moving, out_dir / "moving.nii.gz", mask=mask))
+    mov = ants.image_read(_write_for_itk(moving, out_dir / "moving.nii.gz", mask=mask))
     fixed = ants.image_read(str(template))
     if spacing_mm:
         fixed = ants.resample_image(fixed, (spacing_mm,) * 3, use_voxels=False, interp_type=4)
@@ -109,8 +109,8 @@ def register_rigid(
     import ants
 
     out_dir = _prepare(out_dir)
-    mov = ants.image_read(_rewrite(moving, out_dir / "moving_rigid.nii.gz", mask=mask))
-    fix = ants.image_read(_rewrite(fixed, out_dir / "fixed.nii.gz"))
+    mov = ants.image_read(_write_for_itk(moving, out_dir / "moving_rigid.nii.gz", mask=mask))
+    fix = ants.image_read(_write_for_itk(fixed, out_dir / "fixed.nii.gz"))
     result = ants.registration(
         fixed=fix, moving=mov, type_of_transform="Rigid", aff_metric="mattes",
         write_composite_transform=True, outprefix=str(out_dir / "rigid_"), random_seed=seed,
