@@ -20,6 +20,7 @@ Examples
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import numbers
 import os
@@ -45,8 +46,11 @@ __all__ = [
     "REFERENCE_CHOICES",
     "UNWRAPPING_CHOICES",
     "Settings",
+    "check_method_params",
     "load_plugin_settings",
+    "method_parameters",
     "normalize_labels",
+    "parse_param",
     "read_toml",
 ]
 
@@ -146,6 +150,10 @@ class Settings:
         Largest and smallest V-SHARP kernel radii in mm (None: one voxel).
     mask_erosions : int
         Number of erosions (in voxels) applied to the brain mask.
+    bfr_params, inversion_params : dict
+        Parameters of the chosen background-removal and inversion methods, by the names of
+        their keyword arguments (:func:`method_parameters`), e.g. ``{"radius_mm": 8.0}``.
+        They override ``tkd_threshold`` and the V-SHARP radii.
     phase_offset_correction : str
         ``mcpc3ds`` removes the receive phase offset (MCPC-3D-S) before the echo fit.
     bipolar_correction : bool
@@ -183,6 +191,8 @@ class Settings:
     vsharp_max_radius_mm: float = 12.0
     vsharp_min_radius_mm: float | None = None
     mask_erosions: int = 0
+    bfr_params: dict[str, Any] = field(default_factory=dict)
+    inversion_params: dict[str, Any] = field(default_factory=dict)
     brain_mask_dir: Path | None = None
     phase_offset_correction: str = "none"
     bipolar_correction: bool = False
@@ -259,6 +269,11 @@ class Settings:
                     f"vsharp_max_radius_mm ({self.vsharp_max_radius_mm})"
                 )
         _check_int(self.mask_erosions, "mask_erosions", minimum=0)
+        self._set("bfr_params", check_method_params("bfr", self.bfr, self.bfr_params))
+        self._set(
+            "inversion_params",
+            check_method_params("inversion", self.inversion, self.inversion_params),
+        )
 
     # -- public API ---------------------------------------------------------------------------
     def replace(self, **changes: Any) -> Settings:
@@ -426,6 +441,134 @@ def load_plugin_settings(path: str | os.PathLike[str]) -> tuple[str, dict[str, A
     if not isinstance(plugin_args, dict):
         raise ValueError(f"{path}: 'plugin_args' must be a mapping")
     return content["plugin"], dict(plugin_args)
+
+
+# -- method parameters (--bfr-param / --inversion-param) ----------------------------------------
+#: Keyword arguments of the stage methods that qsmprep sets itself: geometry, data, threads.
+_INTERNAL_PARAMS = frozenset(
+    {"voxel_size_mm", "b0_direction", "magnitude", "weights", "phase_scale_rad_per_ppm", "workers"}
+)
+_STAGE_OPTIONS = {"bfr": "--bfr-param", "inversion": "--inversion-param"}
+
+
+def _registry(stage: str) -> dict:
+    if stage == "bfr":
+        from qsmprep.algorithms.background import BFR_METHODS
+
+        return BFR_METHODS
+    if stage == "inversion":
+        from qsmprep.algorithms.inversion import INVERSION_METHODS
+
+        return INVERSION_METHODS
+    raise ValueError(f"stage must be 'bfr' or 'inversion', got {stage!r}")
+
+
+def method_parameters(stage: str, method: str) -> dict[str, Any]:
+    """The parameters a user may set for a stage method, with their defaults.
+
+    These are the method's keyword arguments (``qsmprep.algorithms``), less those qsmprep
+    fills in itself (voxel size, B0 direction, magnitude, noise weights, threads).
+
+    >>> method_parameters("bfr", "resharp")
+    {'radius_mm': 6.0, 'lambda_reg': 0.001, 'tol': 0.001, 'max_iter': 200}
+    """
+    function = _registry(stage)[method]
+    return {
+        name: p.default
+        for name, p in inspect.signature(function).parameters.items()
+        if p.kind is p.KEYWORD_ONLY and name not in _INTERNAL_PARAMS
+    }
+
+
+def parse_param(text: str) -> tuple[str, Any]:
+    """Parse ``KEY=VALUE`` from the command line.
+
+    VALUE is read as a number when it is one, ``true``/``false``/``none`` as such, and a
+    comma-separated list of numbers as a tuple (e.g. V-SHARP's ``radii_mm=12,9,6``).
+
+    >>> parse_param("radius_mm=8"), parse_param("radii_mm=12,9,6")
+    (('radius_mm', 8), ('radii_mm', (12.0, 9.0, 6.0)))
+    """
+    key, sep, raw = str(text).partition("=")
+    key, raw = key.strip(), raw.strip()
+    if not sep or not re.fullmatch(r"[A-Za-z_]\w*", key) or not raw:
+        raise ValueError(f"expected KEY=VALUE (e.g. radius_mm=8), got {text!r}")
+    lowered = raw.lower()
+    if lowered in ("true", "false"):
+        return key, lowered == "true"
+    if lowered == "none":
+        return key, None
+    if "," in raw:
+        try:
+            return key, tuple(float(v) for v in raw.split(","))
+        except ValueError:
+            raise ValueError(f"{key}: expected numbers separated by commas, got {raw!r}") from None
+    for convert in (int, float):
+        try:
+            return key, convert(raw)
+        except ValueError:
+            pass
+    return key, raw
+
+
+def _coerce(name: str, value: Any, default: Any) -> Any:
+    """``value`` converted to the type of the parameter's default (or an error)."""
+    is_number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        expected = "true or false"
+    elif isinstance(default, int):
+        if is_number and float(value).is_integer():
+            return int(value)
+        expected = "an integer"
+    elif isinstance(default, float):
+        if is_number and math.isfinite(value):
+            return float(value)
+        expected = "a number"
+    elif default is None:
+        if value is None or (is_number and math.isfinite(value)):
+            return None if value is None else float(value)
+        if isinstance(value, (list, tuple)) and value and all(
+            isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value
+        ):
+            return tuple(float(v) for v in value)
+        expected = "a number or a list of numbers"
+    else:
+        if isinstance(value, type(default)):
+            return value
+        expected = type(default).__name__
+    raise ValueError(f"{name} must be {expected}, got {value!r}")
+
+
+def check_method_params(stage: str, method: str, params: Mapping[str, Any] | None) -> dict:
+    """Check parameter names against the method and convert values to their types.
+
+    Ranges (e.g. a radius at least one voxel) are checked by the method itself when it runs.
+
+    Raises
+    ------
+    ValueError
+        One line naming the option, the method and the parameters it has.
+    """
+    option = _STAGE_OPTIONS.get(stage, stage)
+    if params is None:
+        return {}
+    if not isinstance(params, Mapping):
+        raise ValueError(f"{option}: expected a table of name = value, got {params!r}")
+    known = method_parameters(stage, method)
+    out = {}
+    for name, value in params.items():
+        if name not in known:
+            raise ValueError(
+                f"{option}: {method} has no parameter {name!r}; its parameters are "
+                + ", ".join(f"{k} (default {v})" for k, v in known.items())
+            )
+        try:
+            out[name] = _coerce(name, value, known[name])
+        except ValueError as err:
+            raise ValueError(f"{option} for {method}: {err}") from None
+    return out
 
 
 def _required_fields() -> list[dataclasses.Field]:

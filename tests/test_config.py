@@ -138,3 +138,63 @@ def test_load_plugin_settings(tmp_path):
     path.write_text("plugin_args: {}\n")
     with pytest.raises(ValueError, match="plugin: <name>"):
         load_plugin_settings(path)
+
+
+def test_method_parameters_are_the_methods_own_arguments():
+    assert config.method_parameters("bfr", "resharp") == {
+        "radius_mm": 6.0, "lambda_reg": 1e-3, "tol": 1e-3, "max_iter": 200,
+    }  # fmt: skip
+    tv = config.method_parameters("inversion", "tv")
+    assert tv["regularization"] == 4e-4 and "workers" not in tv and "b0_direction" not in tv
+    assert "magnitude" not in config.method_parameters("inversion", "medi")
+    assert "weights" not in config.method_parameters("bfr", "pdf")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("radius_mm=8", ("radius_mm", 8)),
+        ("lambda_reg=1e-4", ("lambda_reg", 1e-4)),
+        ("correct_scaling=TRUE", ("correct_scaling", True)),
+        ("rho=none", ("rho", None)),
+        ("radii_mm=12,9,6", ("radii_mm", (12.0, 9.0, 6.0))),
+    ],
+)
+def test_parse_param(text, expected):
+    assert config.parse_param(text) == expected
+
+
+@pytest.mark.parametrize("text", ["radius_mm", "=3", "radius_mm=", "9x=1", "radii_mm=1,a"])
+def test_parse_param_rejects_malformed(text):
+    with pytest.raises(ValueError, match="KEY=VALUE|numbers separated"):
+        config.parse_param(text)
+
+
+def test_method_params_are_checked_and_typed():
+    s = _settings(bfr="resharp", bfr_params={"radius_mm": 8, "max_iter": 50.0},
+                  inversion="tkd", inversion_params={"correct_scaling": True})  # fmt: skip
+    assert s.bfr_params == {"radius_mm": 8.0, "max_iter": 50}
+    assert isinstance(s.bfr_params["radius_mm"], float)
+    assert isinstance(s.bfr_params["max_iter"], int)
+    v = _settings(bfr="vsharp", bfr_params={"radii_mm": [12, 6]})
+    assert v.bfr_params == {"radii_mm": (12.0, 6.0)}
+    with pytest.raises(ValueError, match=r"--bfr-param: resharp has no parameter 'radius'.*"
+                                         r"radius_mm \(default 6.0\)"):  # fmt: skip
+        _settings(bfr_params={"radius": 8})
+    with pytest.raises(ValueError, match="max_iter must be an integer"):
+        _settings(bfr_params={"max_iter": 2.5})
+    with pytest.raises(ValueError, match="--inversion-param for tv: regularization must be a"):
+        _settings(inversion_params={"regularization": "high"})
+    with pytest.raises(ValueError, match="correct_scaling must be true or false"):
+        _settings(inversion="tkd", inversion_params={"correct_scaling": 1})
+    # parameters belong to the chosen method: switching method re-checks them
+    with pytest.raises(ValueError, match="lbv has no parameter 'radius_mm'"):
+        _settings(bfr_params={"radius_mm": 8}).replace(bfr="lbv")
+
+
+def test_method_params_round_trip_toml(tmp_path):
+    s = _settings(bfr="vsharp", bfr_params={"radii_mm": (12.0, 8.0)},
+                  inversion_params={"regularization": 2e-4})  # fmt: skip
+    back = Settings.from_toml(s.to_toml(tmp_path / "s.toml"))
+    assert back.bfr_params == {"radii_mm": (12.0, 8.0)}
+    assert back.inversion_params == {"regularization": 2e-4}

@@ -34,6 +34,7 @@ from qsmprep.config import (
     UNWRAPPING_CHOICES,
     Settings,
     normalize_labels,
+    parse_param,
     read_toml,
 )
 
@@ -82,6 +83,13 @@ def _memory_gb(value: str) -> float:
             f"expected a positive amount of memory such as 16, 16GB or 16000MB, got {value!r}"
         )
     return float(match[1]) * _MEMORY_SCALE_TO_GB[match[2].lower()]
+
+
+def _method_param(value: str) -> tuple[str, Any]:
+    try:
+        return parse_param(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
 
 
 def _label(prefix: str) -> Callable[[str], str]:
@@ -291,6 +299,18 @@ def _add_stage_options(parser: argparse.ArgumentParser) -> None:
         metavar="MM",
         help="smallest V-SHARP kernel radius in mm (default: one voxel)",
     )
+    for stage, example in (("bfr", "radius_mm=8"), ("inversion", "regularization=2e-4")):
+        group.add_argument(
+            f"--{stage}-param",
+            dest=f"{stage}_params",
+            action="append",
+            type=_method_param,
+            metavar="KEY=VALUE",
+            help=f"set a parameter of the --{stage} method by its name (repeatable), e.g. "
+            f"--{stage}-param {example}; an unknown name fails with the list of the method's "
+            "parameters and defaults (also in docs/algorithms.md); overrides "
+            + ("--vsharp-*-radius-mm" if stage == "bfr" else "--tkd-threshold"),
+        )
     group.add_argument(
         "--mask-erosions",
         dest="mask_erosions",
@@ -429,6 +449,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     given = vars(parser.parse_args(argv))
     config_file = given.pop("config_file", None)
     values: dict[str, Any] = _read_config(parser, config_file) if config_file else {}
+    for key in ("bfr_params", "inversion_params"):  # KEY=VALUE pairs add to the file's table
+        if key in given:
+            given[key] = {**(values.get(key) or {}), **dict(given[key])}
     values.update(given)
     _absolute_paths(values)
     _check_dirs(parser, values["bids_dir"], values["output_dir"])

@@ -38,6 +38,10 @@ def write_dataset_description(output_dir: Path) -> Path:
     return path
 
 
+def _params_text(params: dict) -> str:
+    return " (" + ", ".join(f"{k}={v}" for k, v in params.items()) + ")" if params else ""
+
+
 def describe_plan(settings, acquisitions) -> str:
     """Human-readable list of acquisitions found and the stages that would run."""
     lines = [f"qsmprep would process {len(acquisitions)} acquisition(s) from {settings.bids_dir}:"]
@@ -53,8 +57,12 @@ def describe_plan(settings, acquisitions) -> str:
         f"  phase scaling (sign {settings.phase_sign:+d}) -> masking: {settings.masking}"
         f" -> combination: {settings.combination} -> unwrapping: {settings.unwrapping}"
     )
+    from qsmprep.workflows.base import stage_parameters
+
+    bfr_params, inv_params = stage_parameters(settings)
     lines.append(
-        f"  -> bfr: {settings.bfr} -> inversion: {settings.inversion}"
+        f"  -> bfr: {settings.bfr}{_params_text(bfr_params)}"
+        f" -> inversion: {settings.inversion}{_params_text(inv_params)}"
         f" -> reference: {settings.reference} -> derivatives in {settings.output_dir}"
     )
     extras = [f"phase offset: {settings.phase_offset_correction}"]

@@ -9,10 +9,10 @@ one stage of the pipeline without a BIDS dataset::
                            --mask MASK -o FIELD_HZ.nii.gz [--unwrap laplacian]
     qsmprep-tools unwrap   --phase PHASE.nii.gz [--mask MASK] -o UNWRAPPED.nii.gz
     qsmprep-tools bgremove --field TOTAL.nii.gz --mask MASK -o LOCAL.nii.gz [--mask-out M]
-                           [--algorithm resharp] [--b0-dir X Y Z]
+                           [--algorithm resharp] [--b0-dir X Y Z] [--param KEY=VALUE ...]
     qsmprep-tools invert   --field LOCAL.nii.gz --mask MASK -o CHI.nii.gz [--algorithm tv]
                            [--field-units {ppm,hz,rad}] [--b0-tesla T] [--te-s TE]
-                           [--b0-dir X Y Z]
+                           [--b0-dir X Y Z] [--param KEY=VALUE ...]
     qsmprep-tools r2star   --magnitude M1 [M2 ...] --te-s TE1 [TE2 ...] [--mask MASK]
                            -o R2STAR.nii.gz [--t2star-out T2STAR.nii.gz] [--method auto]
     qsmprep-tools swi      --magnitude MAG.nii.gz --phase PHASE.nii.gz -o SWI.nii.gz
@@ -83,6 +83,25 @@ def _add_b0_dir(p: argparse.ArgumentParser) -> None:
     p.add_argument("--b0-dir", nargs=3, type=float, metavar=("X", "Y", "Z"), help=_B0_DIR_HELP)
 
 
+def _add_param(p: argparse.ArgumentParser, example: str) -> None:
+    p.add_argument(
+        "--param", action="append", default=[], metavar="KEY=VALUE",
+        help=f"a parameter of the --algorithm, by name (repeatable), e.g. --param {example}; "
+        "an unknown name fails with the list of the method's parameters and defaults",
+    )  # fmt: skip
+
+
+def _method_params(stage: str, algorithm: str, items: Sequence[str]) -> dict:
+    """``--param KEY=VALUE`` items, checked against the method (a usage error if wrong)."""
+    from qsmprep.config import check_method_params, parse_param
+
+    try:
+        params = dict(parse_param(item) for item in items)
+        return check_method_params(stage, algorithm, params)
+    except ValueError as err:
+        raise _UsageError(str(err).replace(f"--{stage}-param", "--param")) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``qsmprep-tools`` parser with its subcommands (no side effects)."""
     from qsmprep.__about__ import __version__
@@ -121,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--b0-tesla", type=float, metavar="T", help="field strength (T)")
     p.add_argument("--te-s", type=float, metavar="TE", help="echo time (s) of a rad field")
     _add_b0_dir(p)
+    _add_param(p, "regularization=2e-4")
 
     p = sub.add_parser(
         "bgremove",
@@ -138,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--algorithm", default="resharp", choices=sorted(BFR_METHODS),
                    help="background removal method (default: %(default)s)")  # fmt: skip
     _add_b0_dir(p)
+    _add_param(p, "radius_mm=8")
 
     p = sub.add_parser(
         "mask",
@@ -259,6 +280,9 @@ def _validate(args) -> None:
             raise _UsageError(f"output {out} must end in .nii or .nii.gz")
     if len(set(map(os.path.abspath, outputs))) != len(outputs):
         raise _UsageError(f"{' and '.join(flags)} must differ")
+    if args.command in ("invert", "bgremove"):
+        stage = "inversion" if args.command == "invert" else "bfr"
+        args.params = _method_params(stage, args.algorithm, args.param)
     if args.command == "invert":
         if args.field_units in ("hz", "rad") and args.b0_tesla is None:
             raise _UsageError(f"--field-units {args.field_units} needs --b0-tesla")
@@ -397,7 +421,7 @@ def _run_invert(args) -> None:
     voxel_size_mm = _voxel_size_mm(affine)
     b0_dir = b0_direction_voxel(affine, args.b0_dir)
     chi = invert(args.algorithm, np.where(mask, field, 0).astype(np.float32), mask,
-                 voxel_size_mm=voxel_size_mm, b0_direction=b0_dir)  # fmt: skip
+                 voxel_size_mm=voxel_size_mm, b0_direction=b0_dir, **args.params)  # fmt: skip
     _save_all([(chi, affine, args.output, np.float32)])
 
 
@@ -412,6 +436,7 @@ def _run_bgremove(args) -> None:
     local, valid = remove_background(
         args.algorithm, np.where(mask, field, 0).astype(np.float32), mask,
         voxel_size_mm=voxel_size_mm, b0_direction=b0_direction_voxel(affine, args.b0_dir),
+        **args.params,
     )  # fmt: skip
     items = [(local, affine, args.output, np.float32)]
     if args.mask_out:

@@ -51,6 +51,9 @@ def stage_parameters(settings) -> tuple[dict, dict]:
     inv_params: dict = {}
     if settings.inversion == "tkd":
         inv_params["threshold"] = settings.tkd_threshold
+    # --bfr-param / --inversion-param name the methods' own arguments and take precedence
+    bfr_params.update(settings.bfr_params)
+    inv_params.update(settings.inversion_params)
     return bfr_params, inv_params
 
 

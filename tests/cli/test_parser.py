@@ -210,3 +210,19 @@ def test_help_states_units():
 def test_parse_args_returns_paths(dirs):
     s = parse_args(_args(dirs))
     assert isinstance(s.bids_dir, Path) and isinstance(s.output_dir, Path)
+
+
+def test_method_params_from_command_line_and_config_file(dirs, tmp_path, capsys):
+    s = parse_args(_args(dirs, "--bfr-param", "radius_mm=8", "--bfr-param", "lambda_reg=1e-4",
+                         "--inversion-param", "regularization=2e-4"))  # fmt: skip
+    assert s.bfr_params == {"radius_mm": 8.0, "lambda_reg": 1e-4}
+    assert s.inversion_params == {"regularization": 2e-4}
+    path = s.to_toml(tmp_path / "settings.toml")
+    # KEY=VALUE on the command line adds to (and overrides) the file's table
+    again = parse_args(_args(dirs, "--config-file", str(path), "--bfr-param", "radius_mm=9"))
+    assert again.bfr_params == {"radius_mm": 9.0, "lambda_reg": 1e-4}
+    assert again.inversion_params == {"regularization": 2e-4}
+    err = _exit_2(_args(dirs, "--bfr-param", "radius=8"), capsys)
+    assert "resharp has no parameter 'radius'" in err.strip().splitlines()[-1]
+    err = _exit_2(_args(dirs, "--inversion-param", "regularization"), capsys)
+    assert "expected KEY=VALUE" in err

@@ -136,6 +136,12 @@ def test_shape_mismatch_fails_and_leaves_no_file(case, tmp_path, capsys):
         (["invert", "--field", "F", "--mask", "M", "-o", "o.nii.gz", "--algorithm", "x"], "x"),
         (["bgremove", "--field", "F", "--mask", "M"], "-o"),
         (["nosuchtool"], "nosuchtool"),
+        (["invert", "--field", "F", "--mask", "M", "-o", "o.nii.gz", "--param", "lambda=1"],
+         "regularization (default 0.0004)"),
+        (["bgremove", "--field", "F", "--mask", "M", "-o", "o.nii.gz", "--param", "radius_mm"],
+         "KEY=VALUE"),
+        (["bgremove", "--field", "F", "--mask", "M", "-o", "o.nii.gz", "--algorithm", "lbv",
+          "--param", "peel=1.5"], "peel must be an integer"),
     ],
 )
 def test_usage_errors_are_one_line_exit_2(case, tmp_path, capsys, argv, needle):
@@ -348,3 +354,30 @@ def test_swi_usage_errors_are_one_line_exit_2(swi_case, tmp_path, capsys, extra,
     assert main(["swi", "--magnitude", swi_case["mag"], *extra, "-o", str(out)]) == 2
     assert needle in _one_error_line(capsys)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_param_reaches_the_method(case, tmp_path, capsys):
+    """--param sets the method's own argument: a 9 mm RESHARP sphere erodes more than the
+    6 mm default, and a TV regularisation 25x the default smooths chi (lower HFEN detail)."""
+    masks = {}
+    for radius in ("6", "9"):
+        out, mask_out = tmp_path / f"local{radius}.nii.gz", tmp_path / f"valid{radius}.nii.gz"
+        assert main(["bgremove", "--field", case["total"], "--mask", case["mask"], "-o",
+                     str(out), "--mask-out", str(mask_out), "--param", f"radius_mm={radius}"]) == 0
+        masks[radius] = nifti.load(mask_out)[0] > 0
+    assert masks["9"].sum() < 0.9 * masks["6"].sum() and not np.any(masks["9"] & ~masks["6"])
+    # a radius below one voxel is rejected by the method, in one line, with no output left
+    out = tmp_path / "bad.nii.gz"
+    assert main(["bgremove", "--field", case["total"], "--mask", case["mask"], "-o", str(out),
+                 "--param", "radius_mm=1"]) == 1
+    assert "radius_mm must be >=" in _one_error_line(capsys) and not out.exists()
+    chis = {}
+    for lam in ("4e-4", "1e-2"):
+        out = tmp_path / f"chi{lam}.nii.gz"
+        assert main(["invert", "--field", case["local"], "--mask", case["mask"], "-o", str(out),
+                     "--param", f"regularization={lam}"]) == 0
+        chis[lam] = nifti.load(out)[0]
+    brain = case["ph"].brain_mask
+    rough = {k: float(np.abs(np.diff(v, axis=0))[brain[1:] & brain[:-1]].mean())
+             for k, v in chis.items()}  # fmt: skip
+    assert rough["1e-2"] < 0.7 * rough["4e-4"]

@@ -101,3 +101,16 @@ def test_phase_sign_and_field_strength_reach_the_nodes(tmp_path):
     inv = wf.get_node("qsm_wf").get_node("dipole_inversion")
     assert inv.inputs.b0_tesla == acq.b0_tesla == 3.0
     assert wf.get_node("field_wf").get_node("phase_scaling").inputs.units == "rad"
+
+
+def test_method_params_reach_the_nodes_and_override_the_named_options(tmp_path):
+    settings = Settings(bids_dir=tmp_path, output_dir=tmp_path / "out",
+                        analysis_level="participant", regions=False, bfr="vsharp",
+                        vsharp_max_radius_mm=10.0, bfr_params={"max_radius_mm": 14.0,
+                        "threshold": 0.1}, inversion="tkd", tkd_threshold=0.2,
+                        inversion_params={"correct_scaling": True})  # fmt: skip
+    wf = init_qsmprep_wf(settings, [_acq(tmp_path)], work_dir=tmp_path / "work")
+    qsm = wf.get_node("sub_01_wf").get_node("qsm_wf")
+    assert qsm.get_node("bg_removal").inputs.params == {"max_radius_mm": 14.0, "threshold": 0.1}
+    inv = qsm.get_node("dipole_inversion").inputs.params
+    assert inv == {"threshold": 0.2, "correct_scaling": True}
