@@ -4,6 +4,8 @@ Usage::
 
     python benchmarks/inversion_accuracy.py            # robustness table at 64^3
     python benchmarks/inversion_accuracy.py --large    # plus one timing at 164x205x205, 1 mm
+    python benchmarks/inversion_accuracy.py --speed    # only 164x205x205: every method's time
+                                                       # (median), FFTs, FFT floor, memory
 
 Cases: the head phantom with noise (what defaults were tuned on) and held-out variants the
 defaults were *not* tuned on: 3x the noise, a smooth susceptibility texture (not piecewise
@@ -14,7 +16,9 @@ spheres in a ball (another geometry), 2x2x3 mm voxels with a 30-degree oblique B
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
+import tracemalloc
 
 import numpy as np
 from scipy import ndimage
@@ -158,11 +162,63 @@ CASES = (
 )
 
 
+def large_case() -> dict:
+    """The issue-4 speed case: the head phantom at 1 mm on 164 x 205 x 205, noise 1e-3 ppm."""
+    ph = simulate.make_head_phantom((164, 205, 205), voxel_size_mm=(1, 1, 1))
+    chi = ph.true_chi()
+    f = _field(chi, ph.brain_mask, (1, 1, 1), (0, 0, 1), 1e-3, np.random.default_rng(0))
+    return dict(field=f, mask=ph.brain_mask, truth=chi, labels=ph.labels,
+                label_names=ph.label_names, vox=(1.0, 1.0, 1.0), b0=(0.0, 0.0, 1.0))  # fmt: skip
+
+
+def fft_seconds(case, repeats: int = 5) -> float:
+    """Median time of one real FFT (half an r2c + c2r pair) on the inversions' padded grid."""
+    p = _common.setup(case["field"], case["mask"], voxel_size_mm=case["vox"],
+                      b0_direction=case["b0"])  # fmt: skip
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        p.ifft(p.fft(p.field_ppm))
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) / 2, p.shape
+
+
+def peak_traced_gb(method, case) -> float:
+    """Peak memory (GB) allocated while the method runs, as traced by ``tracemalloc``
+    (numpy arrays included; the inputs, already allocated, are not counted)."""
+    tracemalloc.start()
+    try:
+        INVERSION_METHODS[method](case["field"], case["mask"], voxel_size_mm=case["vox"],
+                                  b0_direction=case["b0"])  # fmt: skip
+        return tracemalloc.get_traced_memory()[1] / 1e9
+    finally:
+        tracemalloc.stop()
+
+
+def speed_table(methods, repeats: int) -> None:
+    case = large_case()
+    per_fft, grid = fft_seconds(case)
+    print(f"FFT grid {grid}: {per_fft:.3f} s per real FFT (median of 5, scipy.fft)")
+    print("| method | NRMSE % | HFEN % | s (median) | FFTs | s / (FFTs x FFT) | peak GB |")
+    print("|---|---|---|---|---|---|---|")
+    for m in methods:
+        runs = [run(m, case) for _ in range(repeats)]
+        r, secs = runs[0], statistics.median(x["seconds"] for x in runs)
+        floor = r["ffts"] * per_fft
+        print(f"| {m} | {r['nrmse']:.1f} | {r['hfen']:.1f} | {secs:.2f} | {r['ffts']} | "
+              f"{secs / floor:.1f} | {peak_traced_gb(m, case):.2f} |", flush=True)  # fmt: skip
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--large", action="store_true")
+    ap.add_argument("--speed", action="store_true", help="only the 1 mm speed/memory table")
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs per method (--speed)")
     ap.add_argument("--methods", nargs="*", default=list(INVERSION_METHODS))
     args = ap.parse_args()
+    if args.speed:
+        speed_table(args.methods, args.repeats)
+        return
     cases = {n: make_case(n) for n in CASES}
     print("method    " + " ".join(f"{n:>13s}" for n in CASES) + "   (NRMSE %)")
     for m in args.methods:
@@ -173,18 +229,7 @@ def main():
         r = run(m, cases["tuned"])
         print(_row(m, r))
     if args.large:
-        ph = simulate.make_head_phantom((164, 205, 205), voxel_size_mm=(1, 1, 1))
-        chi = ph.true_chi()
-        f = _field(chi, ph.brain_mask, (1, 1, 1), (0, 0, 1), 1e-3, np.random.default_rng(0))
-        big = dict(
-            field=f,
-            mask=ph.brain_mask,
-            truth=chi,
-            labels=ph.labels,
-            label_names=ph.label_names,
-            vox=(1.0, 1.0, 1.0),
-            b0=(0.0, 0.0, 1.0),
-        )
+        big = large_case()
         print("\nmethod   NRMSE  HFEN  slope  seconds  FFTs   (164x205x205, 1 mm)")
         for m in args.methods:
             r = run(m, big)

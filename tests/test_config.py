@@ -198,3 +198,16 @@ def test_method_params_round_trip_toml(tmp_path):
     back = Settings.from_toml(s.to_toml(tmp_path / "s.toml"))
     assert back.bfr_params == {"radii_mm": (12.0, 8.0)}
     assert back.inversion_params == {"regularization": 2e-4}
+
+
+def test_docs_list_every_method_parameter_and_default():
+    """docs/algorithms.md's parameter tables match the methods' own signatures."""
+    from qsmprep.algorithms.background import BFR_METHODS
+    from qsmprep.algorithms.inversion import INVERSION_METHODS
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "algorithms.md").read_text()
+    for stage, registry in (("bfr", BFR_METHODS), ("inversion", INVERSION_METHODS)):
+        for method in registry:
+            params = config.method_parameters(stage, method)
+            row = f"| `{method}` | " + ", ".join(f"`{k}={v}`" for k, v in params.items()) + " |"
+            assert row in text, f"docs/algorithms.md lacks or misstates: {row}"
