@@ -21,15 +21,19 @@ def _admm_tv(
     inv_den = 1.0 / den
     data = d * p.fft(p.field_ppm) * inv_den  # D F / (D^2 + rho |G|^2)
     x = p.ifft(data)  # the x-step with y = u = 0: a Tikhonov solution
+    rho_inv_den = (np.float32(rho) * inv_den).astype(np.float32)
+    del den, inv_den
     u = [np.zeros_like(x) for _ in range(3)]
-    z = [np.empty_like(x) for _ in range(3)]
+    w = [np.empty_like(x) for _ in range(3)]  # y - u, all the x-step needs
     it = 0
     while it < max_iterations:
         it += 1
-        _common.split_update(x, u, z, lam / rho, h)
-        v = _common.split_adjoint(z, u, h)
-        x_new = p.ifft(data + np.float32(rho) * p.fft(v) * inv_den)
-        change = np.linalg.norm(x_new - x) / max(float(np.linalg.norm(x_new)), 1e-30)
+        _common.split_update_diff(x, u, w, lam / rho, h)
+        spectrum = p.fft(_common.split_adjoint_diff(w, h))
+        spectrum *= rho_inv_den
+        spectrum += data
+        x_new = p.ifft(spectrum)
+        change = _common.relative_change(x_new, x)
         x = x_new
         if change < tol:
             break
