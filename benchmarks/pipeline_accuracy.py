@@ -5,6 +5,13 @@ independent simulators and prints demeaned NRMSE (%) of the referenced Chimap ag
 truth inside truth-brain & the valid mask. Usage::
 
     python benchmarks/pipeline_accuracy.py [--bfr vsharp pdf ...] [--inversion tkd rts ...]
+    python benchmarks/pipeline_accuracy.py --large --bfr resharp \
+        --config vsharp-min6=vsharp:min_radius_mm=6 --inversion tv
+
+``--large`` adds three 1 mm subjects: the geometric phantom on 160 x 192 x 160 (3 T, 4 echoes,
+Siemens-style integer phase) and the two anatomical phantoms of
+``benchmarks/regional_accuracy.py`` (189 x 226 x 199; they need the default atlas, cached).
+``--config LABEL=METHOD[:key=value,...]`` adds a background-removal setting beside ``--bfr``.
 """
 
 from __future__ import annotations
@@ -27,6 +34,12 @@ from qsmprep.algorithms.referencing import reference_chi
 from qsmprep.algorithms.unwrap import unwrap_field_hz
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bids_examples"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+#: A 1.5 T single-echo oblique subject of qsmprep's simulator, beside the bundled examples.
+SINGLE_ECHO_1P5T = dict(shape=(64, 64, 52), voxel=(2.0, 2.0, 2.5), angles_deg=(0, 15), b0=1.5,
+                        tes=(0.020,), phase="rad", seed=3)  # fmt: skip
 
 
 def own_subjects():
@@ -34,8 +47,7 @@ def own_subjects():
     from make_examples import SUBJECTS, simulate_subject
 
     cases = dict(SUBJECTS)
-    cases["1p5T-single"] = dict(shape=(64, 64, 52), voxel=(2.0, 2.0, 2.5), angles_deg=(0, 15),
-                                b0=1.5, tes=(0.020,), phase="rad", seed=3)  # fmt: skip
+    cases["1p5T-single"] = SINGLE_ECHO_1P5T
     for name, cfg in cases.items():
         affine, b0_dir, ph, sig = simulate_subject(cfg)
         yield name, dict(phase=sig.phase_rad, mag=sig.magnitude, tes=cfg["tes"], b0=cfg["b0"],
@@ -67,6 +79,25 @@ def qsm_forward_subjects():
                               brain=brain)  # fmt: skip
 
 
+def large_subjects():
+    """1 mm subjects: the geometric phantom and the two anatomical phantoms."""
+    from make_examples import simulate_anatomical_subject, simulate_subject
+    from regional_accuracy import SUBJECTS as ANATOMICAL
+
+    cfg = dict(shape=(160, 192, 160), voxel=(1.0, 1.0, 1.0), angles_deg=(0, 0), b0=3.0,
+               tes=(0.005, 0.010, 0.015, 0.020), phase="siemens", seed=5)  # fmt: skip
+    _, b0_dir, ph, sig = simulate_subject(cfg)
+    yield "geo-1mm", dict(phase=sig.phase_rad, mag=sig.magnitude, tes=cfg["tes"], b0=3.0,
+                          vox=cfg["voxel"], b0_dir=b0_dir, truth=ph.true_chi(),
+                          brain=ph.brain_mask)  # fmt: skip
+    for sub, sub_cfg in ANATOMICAL.items():
+        cfg = dict(sub_cfg, voxel=(1.0, 1.0, 1.0))
+        _, b0_dir, ph, sig, *_ = simulate_anatomical_subject(cfg)
+        yield f"anat-{sub}", dict(phase=sig.phase_rad, mag=sig.magnitude, tes=cfg["tes"],
+                                  b0=cfg["b0"], vox=cfg["voxel"], b0_dir=b0_dir,
+                                  truth=ph.true_chi(), brain=ph.brain_mask)  # fmt: skip
+
+
 def front_end(case):
     mask = masking.mask_from_magnitude(case["mag"], voxel_size_mm=case["vox"])
     fit = combine.fit_field_linear(case["phase"], case["mag"], echo_times_s=case["tes"], mask=mask)
@@ -79,14 +110,22 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--bfr", nargs="+", default=["vsharp", "sharp", "resharp", "ismv", "pdf", "lbv"])
     p.add_argument("--inversion", nargs="+", default=["tkd", "tikhonov", "isqsm", "rts", "tv"])
+    p.add_argument("--large", action="store_true", help="add the three 1 mm subjects")
+    p.add_argument("--config", action="append", default=[], metavar="LABEL=METHOD[:k=v,...]",
+                   help="a background-removal setting to score beside --bfr")  # fmt: skip
     args = p.parse_args(argv)
+    from bfr_accuracy import parse_config
+
+    settings = [(b, b, {}) for b in args.bfr] + [parse_config(c) for c in args.config]
     cases = list(own_subjects()) + list(qsm_forward_subjects())
+    if args.large:
+        cases += list(large_subjects())
     print("case | bfr | " + " | ".join(args.inversion) + " | (NRMSE %, time s)")
     for name, case in cases:
         mask, total = front_end(case)
-        for bfr in args.bfr:
-            local, valid = remove_background(bfr, total, mask, voxel_size_mm=case["vox"],
-                                             b0_direction=case["b0_dir"])  # fmt: skip
+        for bfr, method, params in settings:
+            local, valid = remove_background(method, total, mask, voxel_size_mm=case["vox"],
+                                             b0_direction=case["b0_dir"], **params)  # fmt: skip
             local_ppm = hz_to_ppm(local, b0_tesla=case["b0"])
             evaluated = valid & case["brain"]
             row = []
