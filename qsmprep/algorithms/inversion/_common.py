@@ -163,51 +163,32 @@ def setup(
     )
 
 
-def split_update(x, u, z, threshold, voxel_size_mm) -> float:
+def split_update(x, u, w, threshold, voxel_size_mm, *, residual: bool = False) -> float:
     """ADMM split step for anisotropic TV, in place: ``z = shrink(grad x + u, t)``,
-    ``u <- grad x + u - z``. Returns the primal residual ``sum_voxels |grad x - z|_2``.
+    ``u <- grad x + u - z``, and ``w <- z - u``, all the x-step needs of ``z``
+    (:func:`split_adjoint`); ``z`` itself is never stored.
 
-    ``u`` and ``z`` are lists of three float32 arrays shaped like ``x`` (updated in place).
-    Uses a fused numba kernel when numba is installed, numpy otherwise (same result).
+    ``u`` and ``w`` are lists of three float32 arrays shaped like ``x``. Returns the primal
+    residual ``sum_voxels |grad x - z|_2`` when ``residual``, else 0. Uses a fused numba kernel
+    when numba is installed, numpy otherwise (same result).
     """
     if _nb is not None:
         ih = [np.float32(1.0 / h) for h in voxel_size_mm]
-        return float(_nb.split_update(x, *u, *z, np.float32(threshold), *ih))
-    g = grad(x, voxel_size_mm)
-    res = np.zeros(x.shape, np.float32)
-    for gi, ui, zi in zip(g, u, z, strict=True):
-        p = gi + ui
-        zi[...] = shrink(p, threshold)
-        ui[...] = p - zi
-        res += (gi - zi) ** 2
-    return float(np.sqrt(res).sum(dtype=np.float64))
-
-
-def split_adjoint(z, u, voxel_size_mm) -> np.ndarray:
-    """``grad^T (z - u)``: the image-space part of the ADMM x-step right-hand side."""
-    if _nb is not None:
-        ih = [np.float32(1.0 / h) for h in voxel_size_mm]
-        return _nb.split_adjoint(*z, *u, *ih)
-    return grad_adjoint([zi - ui for zi, ui in zip(z, u, strict=True)], voxel_size_mm)
-
-
-def split_update_diff(x, u, w, threshold, voxel_size_mm) -> None:
-    """The ADMM split step of :func:`split_update`, keeping ``w = z - u`` instead of ``z``,
-    in place: what the x-step needs (``grad^T w``, :func:`split_adjoint_diff`) with three
-    arrays fewer to read, and no residual. ``u`` and ``w`` are lists of three arrays."""
-    if _nb is not None:
-        ih = [np.float32(1.0 / h) for h in voxel_size_mm]
-        _nb.split_update_diff(x, *u, *w, np.float32(threshold), *ih)
-        return
+        return float(_nb.split_update(x, *u, *w, np.float32(threshold), *ih, bool(residual)))
+    res = np.zeros(x.shape, np.float32) if residual else None
     for gi, ui, wi in zip(grad(x, voxel_size_mm), u, w, strict=True):
         p = gi + ui
         zi = shrink(p, threshold)
         ui[...] = p - zi
         wi[...] = zi - ui
+        if residual:
+            res += (gi - zi) ** 2
+    return float(np.sqrt(res).sum(dtype=np.float64)) if residual else 0.0
 
 
-def split_adjoint_diff(w, voxel_size_mm) -> np.ndarray:
-    """``grad^T w`` for ``w`` from :func:`split_update_diff`."""
+def split_adjoint(w, voxel_size_mm) -> np.ndarray:
+    """``grad^T w`` (``w = z - u`` from :func:`split_update`): the image-space part of the
+    ADMM x-step right-hand side."""
     if _nb is not None:
         ih = [np.float32(1.0 / h) for h in voxel_size_mm]
         return _nb.grad_adjoint(*w, *ih)

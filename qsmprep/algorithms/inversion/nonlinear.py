@@ -111,16 +111,16 @@ def _admm_nltv(p, w, *, lam, rho, mu, s, tol, max_iterations, newton_steps):
     w2 = (w * w).astype(np.float32)
     z, u1 = f.copy(), np.zeros_like(f)
     u2 = [np.zeros_like(f) for _ in range(3)]
-    y = [np.zeros_like(f) for _ in range(3)]
+    w_y = [np.zeros_like(f) for _ in range(3)]  # y - u2
     x, it = None, 0
     while it < max_iterations:
         it += 1
         rhs = np.float32(mu) * d * p.fft(z - u1)
         if it > 1:
-            rhs += np.float32(rho) * p.fft(_common.split_adjoint(y, u2, h))
+            rhs += np.float32(rho) * p.fft(_common.split_adjoint(w_y, h))
         xk = rhs * inv_den
         x_new = p.ifft(xk)
-        _common.split_update(x_new, u2, y, lam / rho, h)
+        _common.split_update(x_new, u2, w_y, lam / rho, h)
         dx = p.ifft(d * xk)
         z = _newton_phase(z, dx + u1, f, w2, np.float32(mu), s, newton_steps)
         u1 += dx - z

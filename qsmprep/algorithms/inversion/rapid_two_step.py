@@ -48,24 +48,26 @@ def _tv_cone_fill(
     data = well * p.fft(x1)  # mu K X1
     x = x1
     u = [np.zeros_like(x) for _ in range(3)]
-    z = [np.empty_like(x) for _ in range(3)]
+    w = [np.empty_like(x) for _ in range(3)]  # y - u
     residual, inv_den = np.inf, None
     it = 0
     while it < max_iterations:
         it += 1
-        prev, residual = residual, _common.split_update(x, u, z, 1.0 / rho, h)
+        prev = residual
+        residual = _common.split_update(x, u, w, 1.0 / rho, h, residual=True)
         if residual > tau * prev and rho * gamma <= rho_max:  # stalls: stiffen the splitting
             rho *= gamma
-            for ui in u:
+            for ui, wi in zip(u, w, strict=True):  # scaled dual u / gamma; w = y - u follows
+                wi += ui * np.float32(1.0 - 1.0 / gamma)
                 ui /= np.float32(gamma)
             inv_den = None
         if inv_den is None:
             den = well + np.float32(rho) * g2
             den[0, 0, 0] = 1.0  # k = 0 is neither data nor penalised: keep mean 0
             inv_den = 1.0 / den
-        v = _common.split_adjoint(z, u, h)
+        v = _common.split_adjoint(w, h)
         x_new = p.ifft((data + np.float32(rho) * p.fft(v)) * inv_den)
-        change = np.linalg.norm(x_new - x) / max(float(np.linalg.norm(x_new)), 1e-30)
+        change = _common.relative_change(x_new, x)
         x = x_new
         if change < tol:
             break

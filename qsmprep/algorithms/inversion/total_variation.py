@@ -28,8 +28,8 @@ def _admm_tv(
     it = 0
     while it < max_iterations:
         it += 1
-        _common.split_update_diff(x, u, w, lam / rho, h)
-        spectrum = p.fft(_common.split_adjoint_diff(w, h))
+        _common.split_update(x, u, w, lam / rho, h)
+        spectrum = p.fft(_common.split_adjoint(w, h))
         spectrum *= rho_inv_den
         spectrum += data
         x_new = p.ifft(spectrum)
