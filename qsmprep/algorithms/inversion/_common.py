@@ -174,7 +174,8 @@ def split_update(x, u, w, threshold, voxel_size_mm, *, residual: bool = False) -
     """
     if _nb is not None:
         ih = [np.float32(1.0 / h) for h in voxel_size_mm]
-        return float(_nb.split_update(x, *u, *w, np.float32(threshold), *ih, bool(residual)))
+        total = float(_nb.split_update(x, *u, *w, np.float32(threshold), *ih))
+        return total if residual else 0.0
     res = np.zeros(x.shape, np.float32) if residual else None
     for gi, ui, wi in zip(grad(x, voxel_size_mm), u, w, strict=True):
         p = gi + ui
