@@ -12,6 +12,8 @@ truth inside truth-brain & the valid mask. Usage::
 Siemens-style integer phase) and the two anatomical phantoms of
 ``benchmarks/regional_accuracy.py`` (189 x 226 x 199; they need the default atlas, cached).
 ``--config LABEL=METHOD[:key=value,...]`` adds a background-removal setting beside ``--bfr``.
+``--rim-shell MM PPM`` adds sources of PPM filling the mask's outer MM outside the brain (what a
+mask that takes in bone or dura brings), to test robustness.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ import numpy as np
 
 from qsmprep.algorithms import combine, masking
 from qsmprep.algorithms.background import remove_background
-from qsmprep.algorithms.constants import hz_to_ppm
+from qsmprep.algorithms.constants import hz_to_ppm, ppm_to_hz
 from qsmprep.algorithms.inversion import invert
+from qsmprep.algorithms.kernels import forward_field
 from qsmprep.algorithms.metrics import nrmse
 from qsmprep.algorithms.referencing import reference_chi
 from qsmprep.algorithms.unwrap import unwrap_field_hz
@@ -98,6 +101,18 @@ def large_subjects():
                                   truth=ph.true_chi(), brain=ph.brain_mask)  # fmt: skip
 
 
+def add_rim_sources(case, mask, total_hz, shell_mm: float, chi_ppm: float):
+    """Add the field of ``chi_ppm`` sources filling the mask's outer ``shell_mm`` outside the
+    brain (partial-volume bone or dura that a real mask takes in); returns the new total (Hz)."""
+    from scipy import ndimage
+
+    dist = ndimage.distance_transform_edt(np.pad(mask, 1), sampling=case["vox"])
+    shell = mask & (dist[1:-1, 1:-1, 1:-1] <= shell_mm) & ~case["brain"]
+    extra = forward_field(np.where(shell, np.float32(chi_ppm), 0).astype(np.float32),
+                          voxel_size_mm=case["vox"], b0_direction=case["b0_dir"])  # fmt: skip
+    return total_hz + ppm_to_hz(extra, b0_tesla=case["b0"]) * mask
+
+
 def front_end(case):
     mask = masking.mask_from_magnitude(case["mag"], voxel_size_mm=case["vox"])
     fit = combine.fit_field_linear(case["phase"], case["mag"], echo_times_s=case["tes"], mask=mask)
@@ -111,6 +126,8 @@ def main(argv=None):
     p.add_argument("--bfr", nargs="+", default=["vsharp", "sharp", "resharp", "ismv", "pdf", "lbv"])
     p.add_argument("--inversion", nargs="+", default=["tkd", "tikhonov", "isqsm", "rts", "tv"])
     p.add_argument("--large", action="store_true", help="add the three 1 mm subjects")
+    p.add_argument("--rim-shell", nargs=2, type=float, metavar=("MM", "PPM"),
+                   help="add sources of PPM in the mask's outer MM outside the brain")  # fmt: skip
     p.add_argument("--config", action="append", default=[], metavar="LABEL=METHOD[:k=v,...]",
                    help="a background-removal setting to score beside --bfr")  # fmt: skip
     args = p.parse_args(argv)
@@ -123,6 +140,8 @@ def main(argv=None):
     print("case | bfr | " + " | ".join(args.inversion) + " | (NRMSE %, time s)")
     for name, case in cases:
         mask, total = front_end(case)
+        if args.rim_shell:
+            total = add_rim_sources(case, mask, total, *args.rim_shell)
         for bfr, method, params in settings:
             local, valid = remove_background(method, total, mask, voxel_size_mm=case["vox"],
                                              b0_direction=case["b0_dir"], **params)  # fmt: skip

@@ -141,6 +141,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="registration timing runs")
     parser.add_argument("--subjects", nargs="*", default=list(SUBJECTS))
     parser.add_argument("--keep", type=Path, help="keep the dataset and outputs here")
+    parser.add_argument("--qsmprep-args", default="", metavar="'ARGS'",
+                        help="extra qsmprep options, e.g. '--bfr vsharp --vsharp-min-radius-mm 6'")
     args = parser.parse_args(argv)
     work = Path(args.keep or tempfile.mkdtemp(prefix="qsmprep-regional-"))
     dataset, out = work / "bids", work / "out"
@@ -164,8 +166,10 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     cmd = [sys.executable, "-m", "qsmprep.cli.run", str(dataset), str(out), "participant",
            "--nprocs", "2", "--work-dir", str(work / "work")]  # fmt: skip
+    cmd += args.qsmprep_args.split()
     run = subprocess.run(cmd, capture_output=True, text=True)
-    print(f"qsmprep participant (defaults, {len(args.subjects)} subjects): "
+    label = args.qsmprep_args or "defaults"
+    print(f"qsmprep participant ({label}, {len(args.subjects)} subjects): "
           f"{time.perf_counter() - t0:.0f} s, exit {run.returncode}")  # fmt: skip
     if run.returncode:
         print(run.stderr[-3000:])
@@ -173,7 +177,7 @@ def main(argv=None) -> int:
     all_rows = []
     for sub, (phantom, atlas) in truths.items():
         res = evaluate(sub, out, phantom, atlas)
-        times = time_registration(dataset, out, sub, args.repeats)
+        times = time_registration(dataset, out, sub, args.repeats) if args.repeats else [np.nan]
         rows = res["rows"]
         all_rows += rows
         deep = [r for r in rows if r["region"] in DEEP_GREY]
