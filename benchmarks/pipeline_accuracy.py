@@ -31,6 +31,7 @@ from qsmprep.algorithms import combine, masking
 from qsmprep.algorithms.background import remove_background
 from qsmprep.algorithms.constants import hz_to_ppm, ppm_to_hz
 from qsmprep.algorithms.inversion import invert
+from qsmprep.algorithms.inversion.single_step import _eroded, single_step_tv
 from qsmprep.algorithms.kernels import forward_field
 from qsmprep.algorithms.metrics import nrmse
 from qsmprep.algorithms.referencing import reference_chi
@@ -126,6 +127,8 @@ def main(argv=None):
     p.add_argument("--bfr", nargs="+", default=["vsharp", "sharp", "resharp", "ismv", "pdf", "lbv"])
     p.add_argument("--inversion", nargs="+", default=["tkd", "tikhonov", "isqsm", "rts", "tv"])
     p.add_argument("--large", action="store_true", help="add the three 1 mm subjects")
+    p.add_argument("--single-step", action="store_true",
+                   help="add single-step TV from the total field (scored on RESHARP's voxels)")
     p.add_argument("--rim-shell", nargs=2, type=float, metavar=("MM", "PPM"),
                    help="add sources of PPM in the mask's outer MM outside the brain")  # fmt: skip
     p.add_argument("--config", action="append", default=[], metavar="LABEL=METHOD[:k=v,...]",
@@ -142,6 +145,15 @@ def main(argv=None):
         mask, total = front_end(case)
         if args.rim_shell:
             total = add_rim_sources(case, mask, total, *args.rim_shell)
+        if args.single_step:
+            t0 = time.perf_counter()
+            chi = single_step_tv(hz_to_ppm(total, b0_tesla=case["b0"]), mask,
+                                 voxel_size_mm=case["vox"], b0_direction=case["b0_dir"])
+            dt = time.perf_counter() - t0
+            core = _eroded(mask, case["vox"], 6.0)  # RESHARP's valid mask
+            chi = reference_chi(chi, core)
+            score = nrmse(chi, case["truth"], core & case["brain"])
+            print(f"{name} | single-step-tv | {score:6.1f} ({dt:4.1f})", flush=True)  # fmt: skip
         for bfr, method, params in settings:
             local, valid = remove_background(method, total, mask, voxel_size_mm=case["vox"],
                                              b0_direction=case["b0_dir"], **params)  # fmt: skip

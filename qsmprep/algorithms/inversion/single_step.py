@@ -1,0 +1,131 @@
+"""Single-step QSM: background removal and dipole inversion in one TV-regularised fit.
+
+Not yet a pipeline stage: it takes the *total* field, so it replaces both ``--bfr`` and
+``--inversion`` (see ``docs/benchmarks.md`` for how it compares with RESHARP followed by TV).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+from scipy import ndimage
+
+from qsmprep.algorithms.inversion import _common
+from qsmprep.algorithms.kernels import smv_kernel
+
+
+def _eroded(mask: np.ndarray, voxel_size_mm: Sequence[float], radius_mm: float) -> np.ndarray:
+    """Voxels farther than ``radius_mm`` from the outside (the SMV sphere fits in the mask)."""
+    dist = ndimage.distance_transform_edt(np.pad(mask, 1), sampling=voxel_size_mm)
+    return dist[1:-1, 1:-1, 1:-1] ** 2 > radius_mm**2 * (1.0 + 1e-4)
+
+
+def single_step_tv(
+    total_field_ppm: npt.ArrayLike,
+    mask: npt.ArrayLike,
+    *,
+    voxel_size_mm: Sequence[float],
+    b0_direction: npt.ArrayLike = (0.0, 0.0, 1.0),
+    radius_mm: float = 6.0,
+    regularization: float = 4e-4,
+    data_penalty: float = 1.0,
+    tol: float = 1e-2,
+    max_iterations: int = 100,
+    pad_factor: float = _common.PAD_FACTOR,
+    workers: int | None = -1,
+) -> np.ndarray:
+    """Single-step TV QSM from the total field: no separate background removal.
+
+    The SMV high-pass ``C = delta - S_r`` removes any field that is harmonic in the mask eroded
+    by ``r`` (``M_r``), i.e. the background, so susceptibility inside the mask ``M`` is fitted
+    to the high-passed total field directly::
+
+        chi = argmin_x 1/2 || M_r (C D x - C f) ||^2 + lambda ||grad x||_1,  x = 0 outside M
+
+    The local field is never deconvolved from ``C``: the low spatial frequencies that SHARP-type
+    methods must guess are left to the TV prior, and sources in the rim ``M - M_r`` are fitted
+    as susceptibility instead of being spread into the brain. ADMM with the splits
+    ``a = C D x`` (data; voxel-wise closed form), ``y = grad x`` (soft thresholding at
+    ``lambda / rho_2``) and ``s = x`` (projection onto ``M``); the x-step is exact in k-space::
+
+        X = (rho_1 C D F(a - u_1) + rho_2 F(grad^T (y - u_2)) + rho_3 F(s - u_3))
+            / (rho_1 C^2 D^2 + rho_2 |G|^2 + rho_3)
+
+    with ``rho_2 = rho_3 = 100 lambda`` (FANSI's choice) and ``rho_1 = data_penalty``.
+
+    Parameters
+    ----------
+    total_field_ppm : total field (ppm of B0), 3-D; background included.
+    mask : brain mask ``M``; chi is estimated on all of it.
+    voxel_size_mm, b0_direction, pad_factor, workers :
+        as :func:`qsmprep.algorithms.inversion.tkd`.
+    radius_mm : SMV radius ``r`` (mm), >= the largest voxel size; the data term is used in
+        ``M_r``, the mask eroded by ``r``.
+    regularization : ``lambda`` in ppm*mm, as for :func:`~qsmprep.algorithms.inversion.tv`.
+    data_penalty : ADMM penalty ``rho_1`` of the data split (dimensionless; 1).
+    tol : stop when ``||x_k - x_{k-1}|| < tol ||x_k||`` (after at least 5 iterations).
+    max_iterations : ADMM iterations at most (100).
+
+    Returns
+    -------
+    chi_ppm : float32 susceptibility (ppm) on the input grid, 0 outside ``mask``, not
+        referenced. Voxels in ``M - M_r`` have no data term of their own: their values come
+        from the fit of ``M_r`` and the TV prior, and are the least reliable.
+
+    Notes
+    -----
+    FFTs: 2 + 5 per iteration.
+
+    References
+    ----------
+    Chatnuntawech I, McDaniel P, Cauley SF, et al. Single-step quantitative susceptibility
+    mapping with variational penalties. NMR Biomed 2017;30:e3570. doi:10.1002/nbm.3570
+    Milovic C, Bilgic B, Zhao B, Acosta-Cabronero J, Tejos C. Fast nonlinear susceptibility
+    inversion with variational regularization. Magn Reson Med 2018;80:814-821.
+    doi:10.1002/mrm.27073
+    """
+    lam = _common.check_number("regularization", regularization)
+    rho1 = _common.check_number("data_penalty", data_penalty)
+    tol = _common.check_number("tol", tol)
+    max_iterations = _common.check_count("max_iterations", max_iterations)
+    p = _common.setup(total_field_ppm, mask, voxel_size_mm=voxel_size_mm,
+                      b0_direction=b0_direction, pad_factor=pad_factor,
+                      workers=workers)  # fmt: skip
+    vox = p.voxel_size_mm
+    radius = _common.check_number("radius_mm", radius_mm, low=max(vox) * (1 - 1e-6), low_open=False)
+    inside = p.mask.astype(np.float32)
+    data_mask = _eroded(p.mask, vox, radius).astype(np.float32)
+    if not data_mask.any():
+        raise ValueError(f"mask is too thin: eroding it by radius_mm={radius} leaves nothing")
+    highpass = (1.0 - smv_kernel(p.shape, voxel_size_mm=vox, radius_mm=radius)).astype(np.float32)
+    cd = highpass * p.kernel
+    rho2 = rho3 = np.float32(100.0 * lam)
+    rho1 = np.float32(rho1)
+    inv_den = (1.0 / (rho1 * cd * cd + rho2 * p.grad_sq() + rho3)).astype(np.float32)
+    b = p.ifft(highpass * p.fft(p.field_ppm)) * data_mask  # M_r C f
+    a_den = data_mask + rho1
+    x = np.zeros(p.shape, np.float32)
+    a, u1 = b.copy(), np.zeros_like(x)
+    s, u3 = np.zeros_like(x), np.zeros_like(x)
+    u2 = [np.zeros_like(x) for _ in range(3)]
+    w = [np.zeros_like(x) for _ in range(3)]  # y - u2
+    for it in range(max_iterations):
+        spectrum = rho1 * cd * p.fft(a - u1)
+        spectrum += rho3 * p.fft(s - u3)
+        if it:
+            spectrum += rho2 * p.fft(_common.split_adjoint(w, vox))
+        spectrum *= inv_den
+        x_new = p.ifft(spectrum)
+        v = p.ifft(cd * spectrum) + u1  # C D x + u1
+        a = (data_mask * b + rho1 * v) / a_den
+        u1 = v - a
+        _common.split_update(x_new, u2, w, lam / rho2, vox)
+        s = inside * (x_new + u3)
+        u3 += x_new - s
+        change = _common.relative_change(x_new, x)
+        x = x_new
+        if it >= 5 and change < tol:
+            break
+    return p.to_image(x)
