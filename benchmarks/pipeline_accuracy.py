@@ -31,7 +31,7 @@ from qsmprep.algorithms import combine, masking
 from qsmprep.algorithms.background import remove_background
 from qsmprep.algorithms.constants import hz_to_ppm, ppm_to_hz
 from qsmprep.algorithms.inversion import invert
-from qsmprep.algorithms.inversion.single_step import _eroded, single_step_tv
+from qsmprep.algorithms.inversion.single_step import single_step_tv
 from qsmprep.algorithms.kernels import forward_field
 from qsmprep.algorithms.metrics import nrmse
 from qsmprep.algorithms.referencing import reference_chi
@@ -147,11 +147,10 @@ def main(argv=None):
             total = add_rim_sources(case, mask, total, *args.rim_shell)
         if args.single_step:
             t0 = time.perf_counter()
-            chi = single_step_tv(hz_to_ppm(total, b0_tesla=case["b0"]), mask,
-                                 voxel_size_mm=case["vox"], b0_direction=case["b0_dir"])
+            chi, core = single_step_tv(hz_to_ppm(total, b0_tesla=case["b0"]), mask,
+                                       voxel_size_mm=case["vox"], b0_direction=case["b0_dir"])
             dt = time.perf_counter() - t0
-            core = _eroded(mask, case["vox"], 6.0)  # RESHARP's valid mask
-            chi = reference_chi(chi, core)
+            chi = reference_chi(chi, core)  # core: the data region, RESHARP's valid mask
             score = nrmse(chi, case["truth"], core & case["brain"])
             print(f"{name} | single-step-tv | {score:6.1f} ({dt:4.1f})", flush=True)  # fmt: skip
         for bfr, method, params in settings:

@@ -44,6 +44,7 @@ __all__ = [
     "MASKING_CHOICES",
     "PHASE_SIGNS",
     "REFERENCE_CHOICES",
+    "SINGLE_STEP_CHOICES",
     "UNWRAPPING_CHOICES",
     "Settings",
     "check_method_params",
@@ -69,8 +70,10 @@ BFR_CHOICES: tuple[str, ...] = ("resharp", "vsharp", "sharp", "ismv", "pdf", "lb
 #: Dipole-inversion methods.
 INVERSION_CHOICES: tuple[str, ...] = (
     "tv", "rts", "tkd", "tsvd", "tikhonov", "isqsm", "isqsm-l1", "ilsqr", "star", "medi", "nltv",
-    "ndi",
+    "ndi", "single-step-tv",
 )  # fmt: skip
+#: Inversions that fit the total field themselves: the --bfr stage is not run.
+SINGLE_STEP_CHOICES: tuple[str, ...] = ("single-step-tv",)
 #: Susceptibility reference regions (``none`` keeps the inversion's own offset). Any region
 #: name of the atlas is accepted too; ``csf`` means its lateral ventricles.
 REFERENCE_CHOICES: tuple[str, ...] = ("brain", "csf", "none")
@@ -457,9 +460,9 @@ def _registry(stage: str) -> dict:
 
         return BFR_METHODS
     if stage == "inversion":
-        from qsmprep.algorithms.inversion import INVERSION_METHODS
+        from qsmprep.algorithms.inversion import INVERSION_METHODS, SINGLE_STEP_METHODS
 
-        return INVERSION_METHODS
+        return {**INVERSION_METHODS, **SINGLE_STEP_METHODS}
     raise ValueError(f"stage must be 'bfr' or 'inversion', got {stage!r}")
 
 

@@ -57,11 +57,15 @@ def describe_plan(settings, acquisitions) -> str:
         f"  phase scaling (sign {settings.phase_sign:+d}) -> masking: {settings.masking}"
         f" -> combination: {settings.combination} -> unwrapping: {settings.unwrapping}"
     )
+    from qsmprep.config import SINGLE_STEP_CHOICES
     from qsmprep.workflows.base import stage_parameters
 
     bfr_params, inv_params = stage_parameters(settings)
+    bfr_text = (f"{settings.bfr}{_params_text(bfr_params)}"
+                if settings.inversion not in SINGLE_STEP_CHOICES
+                else "none (part of the single-step inversion)")  # fmt: skip
     lines.append(
-        f"  -> bfr: {settings.bfr}{_params_text(bfr_params)}"
+        f"  -> bfr: {bfr_text}"
         f" -> inversion: {settings.inversion}{_params_text(inv_params)}"
         f" -> reference: {settings.reference} -> derivatives in {settings.output_dir}"
     )

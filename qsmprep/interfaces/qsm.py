@@ -94,6 +94,43 @@ class DipoleInversion(SimpleInterface):
         return runtime
 
 
+class _SingleStepInputSpec(BaseInterfaceInputSpec):
+    field_hz = File(exists=True, mandatory=True, desc="total field (Hz)")
+    mask = File(exists=True, mandatory=True)
+    b0_tesla = traits.Float(mandatory=True)
+    method = traits.Str("single-step-tv", usedefault=True)
+    params = traits.Dict(traits.Str, traits.Any, {}, usedefault=True)
+
+
+class _SingleStepOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="susceptibility (ppm) on the whole mask")
+    out_mask = File(exists=True, desc="where the data term holds (the mask eroded by the SMV)")
+
+
+class SingleStepQSM(SimpleInterface):
+    """Susceptibility straight from the total field (background removal and inversion in one
+    fit): total field (Hz) -> chi (ppm)."""
+
+    input_spec = _SingleStepInputSpec
+    output_spec = _SingleStepOutputSpec
+
+    def _run_interface(self, runtime):
+        from qsmprep.algorithms.constants import hz_to_ppm
+        from qsmprep.algorithms.inversion import SINGLE_STEP_METHODS
+
+        field, affine = nifti.load(self.inputs.field_hz)
+        mask = nifti.load(self.inputs.mask)[0] > 0
+        voxel_size, b0_dir = nifti.geometry(affine)
+        chi, valid = SINGLE_STEP_METHODS[self.inputs.method](
+            hz_to_ppm(field, b0_tesla=self.inputs.b0_tesla), mask,
+            voxel_size_mm=voxel_size, b0_direction=b0_dir, **self.inputs.params,
+        )  # fmt: skip
+        cwd = runtime.cwd
+        self._results["out_file"] = nifti.save(chi, affine, os.path.join(cwd, "chi_ppm.nii.gz"))
+        self._results["out_mask"] = nifti.save(valid, affine, os.path.join(cwd, "mask.nii.gz"))
+        return runtime
+
+
 class _RefInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="chi (ppm)")
     mask = File(exists=True, mandatory=True)

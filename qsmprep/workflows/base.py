@@ -12,7 +12,7 @@ from nipype.pipeline import engine as pe
 from qsmprep.__about__ import __version__
 from qsmprep.algorithms.background import BFR_METHODS
 from qsmprep.algorithms.constants import phase_rad_per_ppm
-from qsmprep.algorithms.inversion import INVERSION_METHODS, USES_MAGNITUDE
+from qsmprep.algorithms.inversion import INVERSION_METHODS, SINGLE_STEP_METHODS, USES_MAGNITUDE
 from qsmprep.interfaces.field import R2starMapping, SWIMapping
 from qsmprep.workflows.field import init_field_wf
 from qsmprep.workflows.outputs import OUTPUTS, init_derivatives_wf, regional_outputs
@@ -209,21 +209,26 @@ def init_single_acquisition_wf(
         n_procs=omp_nthreads,
         reference_labels=regions["reference_labels"] if regions else None,
     )  # fmt: skip
+    single_step = inversion in SINGLE_STEP_METHODS  # background removal is part of the fit
+    stages = (f"{inversion} (background removal and dipole inversion in one fit)" if single_step
+              else f"{bfr} background removal, {inversion} dipole inversion")  # fmt: skip
     metadata = {
         "EchoTime": echo_times,
         "MagneticFieldStrength": acq.b0_tesla,
         "PhaseSign": phase_sign,
         "EstimationAlgorithm": f"{'user' if user_mask else masking} mask, {combination} echo "
-        f"combination, {unwrapping} "
-        f"unwrapping, {bfr} background removal, {inversion} dipole inversion",
+        f"combination, {unwrapping} unwrapping, {stages}",
         "ReferenceRegion": reference,
         **({"Atlas": regions["atlas_name"], "AtlasSource": regions["atlas_source"],
             "Template": regions["template_name"]} if regions else {}),
-        "EstimationReference": [METHOD_DOIS[m] for m in (bfr, inversion) if m in METHOD_DOIS],
+        "EstimationReference": [METHOD_DOIS[m] for m in ((inversion,) if single_step
+                                                         else (bfr, inversion))
+                                if m in METHOD_DOIS],
         "Parameters": {
-            "bfr": {**method_defaults(BFR_METHODS[bfr]), **(bfr_params or {})},
+            **({} if single_step else
+               {"bfr": {**method_defaults(BFR_METHODS[bfr]), **(bfr_params or {})}}),
             "inversion": {
-                **method_defaults(INVERSION_METHODS[inversion]),
+                **method_defaults({**INVERSION_METHODS, **SINGLE_STEP_METHODS}[inversion]),
                 **(inversion_params or {}),
             },
         },  # fmt: skip
@@ -236,7 +241,8 @@ def init_single_acquisition_wf(
         source_files=list(acq.phase_files) + list(acq.magnitude_files), metadata=metadata,
         outputs=tuple(o[0] for o in OUTPUTS
                       if (with_r2star or o[0] not in ("r2starmap", "t2starmap"))
-                      and (with_swi or o[0] not in ("swi", "minip"))),
+                      and (with_swi or o[0] not in ("swi", "minip"))
+                      and not (single_step and o[0] == "local_field_hz")),
         extra_outputs=(regional_outputs(regions["atlas_name"], regions["template_name"],
                                         t1w=bool(t1w_file)) if regions else ()),
     )  # fmt: skip
@@ -291,7 +297,8 @@ def init_single_acquisition_wf(
         (field_wf, ds_wf, [("outputnode.mask", "inputnode.mask"),
                            ("outputnode.total_field_hz", "inputnode.total_field_hz")]),
         (qsm_wf, ds_wf, [("outputnode.chimap", "inputnode.chimap"),
-                         ("outputnode.qsm_mask", "inputnode.qsm_mask"),
-                         ("outputnode.local_field_hz", "inputnode.local_field_hz")]),
+                         ("outputnode.qsm_mask", "inputnode.qsm_mask")]),
     ])  # fmt: skip
+    if not single_step:
+        workflow.connect(qsm_wf, "outputnode.local_field_hz", ds_wf, "inputnode.local_field_hz")
     return workflow

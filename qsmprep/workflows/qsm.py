@@ -5,8 +5,8 @@ from __future__ import annotations
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from qsmprep.algorithms.inversion import USES_MAGNITUDE
-from qsmprep.interfaces.qsm import BackgroundRemoval, DipoleInversion, Referencing
+from qsmprep.algorithms.inversion import SINGLE_STEP_METHODS, USES_MAGNITUDE
+from qsmprep.interfaces.qsm import BackgroundRemoval, DipoleInversion, Referencing, SingleStepQSM
 
 BFR_DESC = {
     "vsharp": "variable-radius sophisticated harmonic artifact reduction (V-SHARP) [Li 2011]",
@@ -31,6 +31,9 @@ INVERSION_DESC = {
     "[Liu 2011, 2013]",
     "nltv": "nonlinear total-variation inversion (FANSI) [Milovic 2018]",
     "ndi": "nonlinear dipole inversion (NDI) [Polak 2020]",
+    "single-step-tv": "single-step total-variation QSM, which fits susceptibility inside the "
+    "brain mask to the spherical-mean-value high-pass (6 mm) of the total field, with no "
+    "separate background field removal [Chatnuntawech 2017]",
 }
 #: DOIs recorded as EstimationReference in the sidecars.
 METHOD_DOIS = {
@@ -50,6 +53,7 @@ METHOD_DOIS = {
     "medi": "doi:10.1002/mrm.22816",
     "nltv": "doi:10.1002/mrm.27073",
     "ndi": "doi:10.1002/nbm.4271",
+    "single-step-tv": "doi:10.1002/nbm.3570",
 }
 REFERENCE_DESC = {
     "brain": "the mean susceptibility of the whole brain mask",
@@ -78,6 +82,11 @@ def init_qsm_wf(
     Outputs: ``local_field_hz``, ``qsm_mask`` (where chi is valid), ``chimap`` (ppm).
     """
     workflow = pe.Workflow(name=name)
+    if inversion in SINGLE_STEP_METHODS:
+        return _init_single_step(workflow, b0_tesla=b0_tesla, inversion=inversion,
+                                 params=inversion_params, reference=reference,
+                                 reference_labels=reference_labels, mem_gb=mem_gb,
+                                 n_procs=n_procs)  # fmt: skip
     workflow.__desc__ = (
         f"Background fields were removed by {BFR_DESC.get(bfr, bfr)}, and the local field "
         f"(converted to ppm with B0 = {b0_tesla:g} T) was inverted by "
@@ -98,12 +107,7 @@ def init_qsm_wf(
         DipoleInversion(method=inversion, params=inversion_params or {}, b0_tesla=b0_tesla),
         name="dipole_inversion", mem_gb=mem_gb, n_procs=n_procs,
     )  # fmt: skip
-    referencing = pe.Node(Referencing(reference=reference), name="referencing", mem_gb=mem_gb)
-    if reference not in ("brain", "none"):
-        if not reference_labels:
-            raise ValueError(f"reference region {reference!r} needs its atlas label indices")
-        referencing.inputs.region_labels = [int(k) for k in reference_labels]
-        workflow.connect(inputnode, "labels", referencing, "labels")
+    referencing = _referencing_node(workflow, inputnode, reference, reference_labels, mem_gb)
     if inversion in USES_MAGNITUDE:
         workflow.connect(inputnode, "magnitude", dipole_inversion, "magnitude")
     workflow.connect([
@@ -112,6 +116,45 @@ def init_qsm_wf(
         (dipole_inversion, referencing, [("out_file", "in_file")]),
         (bg_removal, referencing, [("out_mask", "mask")]),
         (bg_removal, outputnode, [("out_file", "local_field_hz"), ("out_mask", "qsm_mask")]),
+        (referencing, outputnode, [("out_file", "chimap")]),
+    ])  # fmt: skip
+    return workflow
+
+
+def _referencing_node(workflow, inputnode, reference, reference_labels, mem_gb) -> pe.Node:
+    referencing = pe.Node(Referencing(reference=reference), name="referencing", mem_gb=mem_gb)
+    if reference not in ("brain", "none"):
+        if not reference_labels:
+            raise ValueError(f"reference region {reference!r} needs its atlas label indices")
+        referencing.inputs.region_labels = [int(k) for k in reference_labels]
+        workflow.connect(inputnode, "labels", referencing, "labels")
+    return referencing
+
+
+def _init_single_step(workflow, *, b0_tesla, inversion, params, reference, reference_labels,
+                      mem_gb, n_procs) -> pe.Workflow:
+    """The QSM stage of a single-step method: total field -> chi, no local field output."""
+    workflow.__desc__ = (
+        f"Susceptibility was estimated from the total field (converted to ppm with B0 = "
+        f"{b0_tesla:g} T) by {INVERSION_DESC.get(inversion, inversion)}, and referenced to "
+        + REFERENCE_DESC.get(reference, f"the mean susceptibility of the atlas region "
+                             f"'{reference}' (labels in native space)")
+        + "."
+    )  # fmt: skip
+    inputnode = pe.Node(
+        niu.IdentityInterface(fields=["total_field_hz", "mask", "magnitude", "labels"]),
+        name="inputnode",
+    )
+    outputnode = pe.Node(niu.IdentityInterface(fields=["qsm_mask", "chimap"]), name="outputnode")
+    single_step = pe.Node(
+        SingleStepQSM(method=inversion, params=params or {}, b0_tesla=b0_tesla),
+        name="single_step", mem_gb=mem_gb, n_procs=n_procs,
+    )  # fmt: skip
+    referencing = _referencing_node(workflow, inputnode, reference, reference_labels, mem_gb)
+    workflow.connect([
+        (inputnode, single_step, [("total_field_hz", "field_hz"), ("mask", "mask")]),
+        (single_step, referencing, [("out_file", "in_file"), ("out_mask", "mask")]),
+        (single_step, outputnode, [("out_mask", "qsm_mask")]),
         (referencing, outputnode, [("out_file", "chimap")]),
     ])  # fmt: skip
     return workflow

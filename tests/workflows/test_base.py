@@ -11,6 +11,7 @@ from qsmprep.config import (
     COMBINATION_CHOICES,
     INVERSION_CHOICES,
     MASKING_CHOICES,
+    SINGLE_STEP_CHOICES,
     UNWRAPPING_CHOICES,
     Settings,
 )
@@ -43,6 +44,11 @@ def test_every_bfr_and_inversion_builds(tmp_path, bfr, inversion):
         inversion=inversion,
     )
     nodes = _nodes(wf)
+    if inversion in SINGLE_STEP_CHOICES:  # one fit from the total field: no local field
+        assert {"single_step", "referencing", "ds_chimap", "ds_qsm_mask"} <= nodes
+        assert not {"bg_removal", "dipole_inversion", "ds_local_field_hz"} & nodes
+        assert wf.get_node("qsm_wf").get_node("single_step").inputs.method == inversion
+        return
     assert {"bg_removal", "dipole_inversion", "referencing", "ds_chimap"} <= nodes
     inv = wf.get_node("qsm_wf").get_node("dipole_inversion")
     assert inv.inputs.method == inversion

@@ -37,6 +37,7 @@ from qsmprep.algorithms.inversion.incomplete_spectrum_l1 import isqsm_l1
 from qsmprep.algorithms.inversion.medi import medi
 from qsmprep.algorithms.inversion.nonlinear import ndi, nltv
 from qsmprep.algorithms.inversion.rapid_two_step import rts
+from qsmprep.algorithms.inversion.single_step import single_step_tv
 from qsmprep.algorithms.inversion.star import star
 from qsmprep.algorithms.inversion.total_variation import tv
 
@@ -54,6 +55,12 @@ INVERSION_METHODS: dict[str, Callable[..., np.ndarray]] = {
     "medi": medi,
     "nltv": nltv,
     "ndi": ndi,
+}
+
+#: Methods that take the *total* field and replace background removal as well:
+#: ``name(total_field_ppm, mask, *, voxel_size_mm, b0_direction, **params) -> (chi, valid)``.
+SINGLE_STEP_METHODS: dict[str, Callable[..., tuple[np.ndarray, np.ndarray]]] = {
+    "single-step-tv": single_step_tv,
 }
 
 #: Methods whose data term uses the magnitude (weights, edges) and the phase scale.
@@ -95,9 +102,11 @@ def invert(
 __all__ = [
     "DEFAULT_METHOD",
     "INVERSION_METHODS",
+    "SINGLE_STEP_METHODS",
     "invert",
     "isqsm",
     "rts",
+    "single_step_tv",
     "tikhonov",
     "tkd",
     "tsvd",

@@ -12,6 +12,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
+from qsmprep.algorithms import fft as _fft
 from qsmprep.algorithms.inversion import _common
 from qsmprep.algorithms.kernels import smv_kernel
 
@@ -35,7 +36,7 @@ def single_step_tv(
     max_iterations: int = 100,
     pad_factor: float = _common.PAD_FACTOR,
     workers: int | None = -1,
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
     """Single-step TV QSM from the total field: no separate background removal.
 
     The SMV high-pass ``C = delta - S_r`` removes any field that is harmonic in the mask eroded
@@ -71,8 +72,10 @@ def single_step_tv(
     Returns
     -------
     chi_ppm : float32 susceptibility (ppm) on the input grid, 0 outside ``mask``, not
-        referenced. Voxels in ``M - M_r`` have no data term of their own: their values come
-        from the fit of ``M_r`` and the TV prior, and are the least reliable.
+        referenced.
+    valid_mask : ``M_r``, where the data term holds (as RESHARP's valid mask). Voxels in
+        ``M - M_r`` have no data of their own: their values come from the fit of ``M_r`` and
+        the TV prior, and are the least reliable.
 
     Notes
     -----
@@ -128,4 +131,7 @@ def single_step_tv(
         x = x_new
         if it >= 5 and change < tol:
             break
-    return p.to_image(x)
+    box_shape = tuple(sl.stop - sl.start for sl in p.box)
+    valid = np.zeros(p.full_shape, bool)
+    valid[p.box] = _fft.crop_to(data_mask, box_shape) > 0
+    return p.to_image(x), valid
