@@ -203,10 +203,11 @@ def test_method_params_round_trip_toml(tmp_path):
 def test_docs_list_every_method_parameter_and_default():
     """docs/algorithms.md's parameter tables match the methods' own signatures."""
     from qsmprep.algorithms.background import BFR_METHODS
-    from qsmprep.algorithms.inversion import INVERSION_METHODS
+    from qsmprep.algorithms.inversion import INVERSION_METHODS, SINGLE_STEP_METHODS
 
     text = (Path(__file__).resolve().parents[1] / "docs" / "algorithms.md").read_text()
-    for stage, registry in (("bfr", BFR_METHODS), ("inversion", INVERSION_METHODS)):
+    inversions = {**INVERSION_METHODS, **SINGLE_STEP_METHODS}
+    for stage, registry in (("bfr", BFR_METHODS), ("inversion", inversions)):
         for method in registry:
             params = config.method_parameters(stage, method)
             row = f"| `{method}` | " + ", ".join(f"`{k}={v}`" for k, v in params.items()) + " |"
