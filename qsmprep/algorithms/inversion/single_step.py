@@ -10,17 +10,16 @@ from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
-from scipy import ndimage
 
 from qsmprep.algorithms import fft as _fft
+from qsmprep.algorithms.background import _distance_mm, _erode
 from qsmprep.algorithms.inversion import _common
 from qsmprep.algorithms.kernels import smv_kernel
 
 
 def _eroded(mask: np.ndarray, voxel_size_mm: Sequence[float], radius_mm: float) -> np.ndarray:
-    """Voxels farther than ``radius_mm`` from the outside (the SMV sphere fits in the mask)."""
-    dist = ndimage.distance_transform_edt(np.pad(mask, 1), sampling=voxel_size_mm)
-    return dist[1:-1, 1:-1, 1:-1] ** 2 > radius_mm**2 * (1.0 + 1e-4)
+    """The mask eroded by the SMV sphere, exactly as the SHARP family erodes it."""
+    return _erode(_distance_mm(mask, tuple(voxel_size_mm)), radius_mm)
 
 
 def single_step_tv(
