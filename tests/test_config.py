@@ -212,3 +212,13 @@ def test_docs_list_every_method_parameter_and_default():
             params = config.method_parameters(stage, method)
             row = f"| `{method}` | " + ", ".join(f"`{k}={v}`" for k, v in params.items()) + " |"
             assert row in text, f"docs/algorithms.md lacks or misstates: {row}"
+
+
+def test_stage_choices_are_the_algorithm_registries():
+    """Every --bfr/--inversion choice runs a registered method and every method is a choice."""
+    from qsmprep.algorithms.background import BFR_METHODS
+    from qsmprep.algorithms.inversion import INVERSION_METHODS, SINGLE_STEP_METHODS
+
+    assert set(config.BFR_CHOICES) == set(BFR_METHODS)
+    assert set(config.SINGLE_STEP_CHOICES) == set(SINGLE_STEP_METHODS)
+    assert set(config.INVERSION_CHOICES) == set(INVERSION_METHODS) | set(SINGLE_STEP_METHODS)

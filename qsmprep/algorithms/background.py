@@ -35,6 +35,7 @@ from qsmprep.algorithms.kernels import _check_b0_dir, dipole_kernel, smv_kernel
 
 __all__ = [
     "BFR_METHODS",
+    "erode_mask",
     "ismv",
     "lbv",
     "pdf",
@@ -122,6 +123,13 @@ def _erode(dist_mm: np.ndarray, radius_mm: float) -> np.ndarray:
     # the ball of sphere_mask: r^2 <= R^2 (1 + 1e-4); the relative tolerance absorbs float32
     # affine round-off (an oblique 3 mm grid reads back as 3 +- 3e-7 mm)
     return dist_mm**2 > radius_mm**2 * (1.0 + 1e-4)
+
+
+def erode_mask(mask: npt.ArrayLike, *, voxel_size_mm: Sequence[float], radius_mm: float):
+    """The mask eroded by a ball of ``radius_mm`` (mm): the voxels whose SMV sphere fits
+    inside it, as the SHARP family erodes (the valid mask of :func:`resharp`)."""
+    vox = tuple(float(v) for v in voxel_size_mm)
+    return _erode(_distance_mm(np.asarray(mask, bool), vox), float(radius_mm))
 
 
 def _crop_and_erode(f, m, vox, r):

@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qsmprep.algorithms.background import resharp
+from qsmprep.algorithms.background import erode_mask, resharp
 from qsmprep.algorithms.inversion import invert
-from qsmprep.algorithms.inversion.single_step import _eroded, single_step_tv
+from qsmprep.algorithms.inversion.single_step import single_step_tv
 from qsmprep.algorithms.kernels import forward_field
 from qsmprep.algorithms.metrics import nrmse, region_means, regression_slope
 from qsmprep.algorithms.referencing import reference_chi
@@ -31,7 +31,7 @@ def head():
     total = (total + rng.normal(0, 1e-3, total.shape)).astype(np.float32)
     brain = ph.brain_mask
     chi, valid = single_step_tv(total, brain, voxel_size_mm=VOX, b0_direction=B0)
-    core = _eroded(brain, VOX, 6.0)
+    core = erode_mask(brain, voxel_size_mm=VOX, radius_mm=6.0)
     assert np.array_equal(valid, core)  # the data region: RESHARP's valid mask
     return ph, total, brain, chi, core
 
@@ -77,3 +77,16 @@ def test_invalid_inputs():
         single_step_tv(f, m, voxel_size_mm=(1, 1, 1), radius_mm=6.0)
     with pytest.raises(ValueError, match="regularization"):
         single_step_tv(f, m, voxel_size_mm=(1, 1, 1), radius_mm=2.0, regularization=-1)
+
+
+def test_anisotropic_voxels_are_used_in_mm():
+    """2 x 2 x 3 mm voxels: the SMV sphere, the erosion and the dipole kernel are in mm.
+    Measured 27.5 %; the same data with the voxel size taken as 2 mm or 3 mm isotropic:
+    44 % and 50 %."""
+    vox = (2.0, 2.0, 3.0)
+    ph = make_head_phantom((80, 80, 52), voxel_size_mm=vox)
+    total = forward_field(ph.chi_ppm, voxel_size_mm=vox)
+    brain = ph.brain_mask
+    chi, valid = single_step_tv(np.where(brain, total, 0), brain, voxel_size_mm=vox)
+    assert np.array_equal(valid, erode_mask(brain, voxel_size_mm=vox, radius_mm=6.0))
+    assert nrmse(reference_chi(chi, valid), ph.true_chi(), valid) < 35.0

@@ -12,14 +12,9 @@ import numpy as np
 import numpy.typing as npt
 
 from qsmprep.algorithms import fft as _fft
-from qsmprep.algorithms.background import _distance_mm, _erode
+from qsmprep.algorithms.background import erode_mask
 from qsmprep.algorithms.inversion import _common
 from qsmprep.algorithms.kernels import smv_kernel
-
-
-def _eroded(mask: np.ndarray, voxel_size_mm: Sequence[float], radius_mm: float) -> np.ndarray:
-    """The mask eroded by the SMV sphere, exactly as the SHARP family erodes it."""
-    return _erode(_distance_mm(mask, tuple(voxel_size_mm)), radius_mm)
 
 
 def single_step_tv(
@@ -98,7 +93,7 @@ def single_step_tv(
     vox = p.voxel_size_mm
     radius = _common.check_number("radius_mm", radius_mm, low=max(vox) * (1 - 1e-6), low_open=False)
     inside = p.mask.astype(np.float32)
-    data_mask = _eroded(p.mask, vox, radius).astype(np.float32)
+    data_mask = erode_mask(p.mask, voxel_size_mm=vox, radius_mm=radius).astype(np.float32)
     if not data_mask.any():
         raise ValueError(f"mask is too thin: eroding it by radius_mm={radius} leaves nothing")
     highpass = (1.0 - smv_kernel(p.shape, voxel_size_mm=vox, radius_mm=radius)).astype(np.float32)
