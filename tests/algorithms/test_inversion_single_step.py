@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from qsmprep.algorithms.background import erode_mask, resharp
-from qsmprep.algorithms.inversion import invert
+from qsmprep.algorithms.inversion import _common, invert
 from qsmprep.algorithms.inversion.single_step import single_step_tv
 from qsmprep.algorithms.kernels import forward_field
 from qsmprep.algorithms.metrics import nrmse, region_means, regression_slope
@@ -42,7 +42,7 @@ def test_recovers_chi_from_the_total_field(head):
     assert np.all(chi[~brain] == 0)
     truth = ph.true_chi()
     est = reference_chi(chi, core)
-    # measured 37.9 % (RESHARP then TV on the same voxels: 41.1 %; zeros 100 %, -chi 183 %)
+    # measured 38.1 % (RESHARP then TV on the same voxels: 41.1 %; zeros 100 %, -chi 183 %)
     assert nrmse(est, truth, core) < 43.0
     ids = [k for k, v in ph.label_names.items() if v in DEEP]
     slope = regression_slope(region_means(est, ph.labels, ids), region_means(truth, ph.labels, ids))
@@ -65,6 +65,23 @@ def test_harmonic_background_is_ignored(head):
     again, _ = single_step_tv(shifted, brain, voxel_size_mm=VOX, b0_direction=B0)
     # measured 0.001 %
     assert nrmse(reference_chi(again, core), reference_chi(chi, core), core) < 1.0
+
+
+def test_no_padding_needed_beyond_the_mask_box(head):
+    """The fields of the periodic copies are harmonic in the box and removed by the SMV
+    high-pass, so padding the box 2x changes the result only by the iterations' noise
+    (measured 1.0 %; the accuracy goes 38.1 -> 37.9 %)."""
+    ph, total, brain, chi, core = head
+    padded, _ = single_step_tv(total, brain, voxel_size_mm=VOX, b0_direction=B0, pad_factor=2.0)
+    assert nrmse(reference_chi(padded, core), reference_chi(chi, core), core) < 3.0
+
+
+def test_numpy_fallback_matches_numba(head, monkeypatch):
+    """Without numba the fused steps run in numpy, with the same result."""
+    ph, total, brain, chi, core = head
+    monkeypatch.setattr(_common, "_nb", None)
+    plain, _ = single_step_tv(total, brain, voxel_size_mm=VOX, b0_direction=B0)
+    np.testing.assert_allclose(plain, chi, atol=1e-5)
 
 
 def test_invalid_inputs():

@@ -1,4 +1,5 @@
-"""Fused numba kernels for the TV split steps of :mod:`._common` (periodic boundaries).
+"""Fused numba kernels for the ADMM steps of :mod:`._common` (TV split, periodic boundaries)
+and of :mod:`.single_step` (data, support and k-space steps).
 
 Importing this module raises ``ImportError`` when numba is not installed; ``_common`` then
 falls back to numpy.
@@ -88,3 +89,53 @@ def relative_change(new, old):  # pragma: no cover - jit
         diff[i] = d
         norm[i] = s
     return np.sqrt(diff.sum()) / max(np.sqrt(norm.sum()), 1e-30)
+
+
+@numba.njit(parallel=True, fastmath=False, cache=True)
+def data_step(v, u, b, inv_den, rho):  # pragma: no cover - jit
+    """Single-step data split, in place: p = v + u; a = (b + rho p) inv_den; u = p - a;
+    v = a - u (the next x-step's input)."""
+    n0, n1, n2 = v.shape
+    for i in numba.prange(n0):
+        for j in range(n1):
+            for k in range(n2):
+                p = v[i, j, k] + u[i, j, k]
+                a = (b[i, j, k] + rho * p) * inv_den[i, j, k]
+                un = p - a
+                u[i, j, k] = un
+                v[i, j, k] = a - un
+
+
+@numba.njit(parallel=True, fastmath=False, cache=True)
+def support_step(x, u, inside, w0, w1, w2, rho_w, rho_s, ih0, ih1, ih2, out):  # pragma: no cover
+    """Single-step support split and x-step right-hand side: q = x + u; s = q inside the mask,
+    0 outside; u = q - s; out = rho_s (s - u) + rho_w grad^T w."""
+    n0, n1, n2 = x.shape
+    for i in numba.prange(n0):
+        im = i - 1 if i > 0 else n0 - 1
+        for j in range(n1):
+            jm = j - 1 if j > 0 else n1 - 1
+            for k in range(n2):
+                km = k - 1 if k > 0 else n2 - 1
+                q = x[i, j, k] + u[i, j, k]
+                s = q if inside[i, j, k] else np.float32(0.0)
+                un = q - s
+                u[i, j, k] = un
+                adj = (
+                    (w0[im, j, k] - w0[i, j, k]) * ih0
+                    + (w1[i, jm, k] - w1[i, j, k]) * ih1
+                    + (w2[i, j, km] - w2[i, j, k]) * ih2
+                )
+                out[i, j, k] = rho_s * (s - un) + rho_w * adj
+
+
+@numba.njit(parallel=True, fastmath=False, cache=True)
+def spectra_step(fa, fr, wa, wr, cd):  # pragma: no cover - jit
+    """Single-step x-step in k-space, in place: X = wa fa + wr fr -> fa; cd X -> fr."""
+    n0, n1, n2 = fa.shape
+    for i in numba.prange(n0):
+        for j in range(n1):
+            for k in range(n2):
+                sp = wa[i, j, k] * fa[i, j, k] + wr[i, j, k] * fr[i, j, k]
+                fa[i, j, k] = sp
+                fr[i, j, k] = cd[i, j, k] * sp
