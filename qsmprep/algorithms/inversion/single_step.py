@@ -100,7 +100,6 @@ def single_step_tv(
                       workers=workers)  # fmt: skip
     vox = p.voxel_size_mm
     radius = _common.check_number("radius_mm", radius_mm, low=max(vox) * (1 - 1e-6), low_open=False)
-    inside = p.mask.astype(np.float32)
     data_mask = erode_mask(p.mask, voxel_size_mm=vox, radius_mm=radius).astype(np.float32)
     if not data_mask.any():
         raise ValueError(f"mask is too thin: eroding it by radius_mm={radius} leaves nothing")
