@@ -69,10 +69,10 @@ UNWRAPPING_CHOICES: tuple[str, ...] = ("laplacian", "romeo", "path")
 BFR_CHOICES: tuple[str, ...] = ("resharp", "vsharp", "sharp", "ismv", "pdf", "lbv")
 #: Dipole-inversion methods.
 INVERSION_CHOICES: tuple[str, ...] = (
-    "tv", "rts", "tkd", "tsvd", "tikhonov", "isqsm", "isqsm-l1", "ilsqr", "star", "medi", "nltv",
-    "ndi", "single-step-tv",
+    "single-step-tv", "tv", "rts", "tkd", "tsvd", "tikhonov", "isqsm", "isqsm-l1", "ilsqr",
+    "star", "medi", "nltv", "ndi",
 )  # fmt: skip
-#: Inversions that fit the total field themselves: the --bfr stage is not run.
+#: Inversions that fit the total field themselves: --bfr then only makes the local field map.
 SINGLE_STEP_CHOICES: tuple[str, ...] = ("single-step-tv",)
 #: Susceptibility reference regions (``none`` keeps the inversion's own offset). Any region
 #: name of the atlas is accepted too; ``csf`` means its lateral ventricles.
@@ -188,7 +188,7 @@ class Settings:
     combination: str = "linear-fit"
     unwrapping: str = "laplacian"
     bfr: str = "resharp"
-    inversion: str = "tv"
+    inversion: str = "single-step-tv"
     reference: str = "brain"
     tkd_threshold: float = 0.19
     vsharp_max_radius_mm: float = 12.0

@@ -22,7 +22,7 @@ def test_defaults_and_normalisation():
     assert s.participant_label == ("01", "02")
     assert s.session_label == ("pre",)
     assert (s.masking, s.combination, s.unwrapping) == ("magnitude", "linear-fit", "laplacian")
-    assert (s.bfr, s.inversion, s.reference) == ("resharp", "tv", "brain")
+    assert (s.bfr, s.inversion, s.reference) == ("resharp", "single-step-tv", "brain")
     assert s.tkd_threshold == 0.19 and s.vsharp_max_radius_mm == 12.0
     assert s.vsharp_min_radius_mm is None and s.mask_erosions == 0
     assert s.phase_sign == 1 and s.seed == 0 and s.omp_nthreads == 1
@@ -47,7 +47,7 @@ def test_frozen():
 @pytest.mark.parametrize(
     ("changes", "match"),
     [
-        ({"inversion": "chisep"}, "inversion must be one of tv, rts, tkd"),
+        ({"inversion": "chisep"}, "inversion must be one of single-step-tv, tv, rts, tkd"),
         ({"masking": "synthstrip"}, "masking must be one of"),
         ({"reference": "csf?"}, "reference must be one of"),
         ({"reference": "csf", "regions": False}, "needs the atlas"),
@@ -75,7 +75,7 @@ def test_validation_errors(changes, match):
 def test_replace_validates_and_rejects_unknown_keys():
     s = _settings()
     assert s.replace(inversion="tkd").inversion == "tkd"
-    assert s.inversion == "tv"
+    assert s.inversion == "single-step-tv"
     with pytest.raises(ValueError, match="phase_sign"):
         s.replace(phase_sign=-2)
     with pytest.raises(ValueError, match="unknown"):
@@ -183,7 +183,7 @@ def test_method_params_are_checked_and_typed():
         _settings(bfr_params={"radius": 8})
     with pytest.raises(ValueError, match="max_iter must be an integer"):
         _settings(bfr_params={"max_iter": 2.5})
-    with pytest.raises(ValueError, match="--inversion-param for tv: regularization must be a"):
+    with pytest.raises(ValueError, match="--inversion-param for single-step-tv: regularization"):
         _settings(inversion_params={"regularization": "high"})
     with pytest.raises(ValueError, match="correct_scaling must be true or false"):
         _settings(inversion="tkd", inversion_params={"correct_scaling": 1})

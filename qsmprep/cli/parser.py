@@ -265,9 +265,10 @@ def _add_stage_options(parser: argparse.ArgumentParser) -> None:
         (
             "inversion",
             INVERSION_CHOICES,
-            "dipole inversion from local field (ppm) to susceptibility (ppm), or "
-            "single-step-tv, which fits the total field itself (no --bfr stage); see "
-            "docs/algorithms.md (tv = total variation ADMM, rts = rapid two-step, tkd = "
+            "dipole inversion to susceptibility (ppm): single-step-tv fits the total field "
+            "itself (--bfr then only makes the local field map); the others invert the "
+            "local field of --bfr; see docs/algorithms.md (tv = total variation ADMM, "
+            "rts = rapid two-step, tkd = "
             "truncated k-space division, medi/nltv/ndi = nonlinear data terms)",
         ),
     )

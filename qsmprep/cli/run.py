@@ -61,9 +61,9 @@ def describe_plan(settings, acquisitions) -> str:
     from qsmprep.workflows.base import stage_parameters
 
     bfr_params, inv_params = stage_parameters(settings)
-    bfr_text = (f"{settings.bfr}{_params_text(bfr_params)}"
-                if settings.inversion not in SINGLE_STEP_CHOICES
-                else "none (part of the single-step inversion)")  # fmt: skip
+    bfr_text = f"{settings.bfr}{_params_text(bfr_params)}" + (
+        " (local field map only: the inversion fits the total field)"
+        if settings.inversion in SINGLE_STEP_CHOICES else "")  # fmt: skip
     lines.append(
         f"  -> bfr: {bfr_text}"
         f" -> inversion: {settings.inversion}{_params_text(inv_params)}"

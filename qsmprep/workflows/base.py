@@ -38,7 +38,7 @@ def method_defaults(function) -> dict:
     return {name: p.default for name, p in sig.parameters.items()
             if p.kind is p.KEYWORD_ONLY and p.default is not p.empty
             and isinstance(p.default, (int, float, str, bool, type(None)))
-            and name not in ("b0_direction",)}  # fmt: skip
+            and name not in ("b0_direction", "workers")}  # fmt: skip
 
 
 def stage_parameters(settings) -> tuple[dict, dict]:
@@ -161,7 +161,7 @@ def init_single_acquisition_wf(
     unwrapping: str = "laplacian",
     bfr: str = "resharp",
     bfr_params: dict | None = None,
-    inversion: str = "tv",
+    inversion: str = "single-step-tv",
     inversion_params: dict | None = None,
     reference: str = "brain",
     omp_nthreads: int = 1,
@@ -210,7 +210,8 @@ def init_single_acquisition_wf(
         reference_labels=regions["reference_labels"] if regions else None,
     )  # fmt: skip
     single_step = inversion in SINGLE_STEP_METHODS  # background removal is part of the fit
-    stages = (f"{inversion} (background removal and dipole inversion in one fit)" if single_step
+    stages = (f"{inversion} (background removal and dipole inversion in one fit; local field "
+              f"map by {bfr})" if single_step
               else f"{bfr} background removal, {inversion} dipole inversion")  # fmt: skip
     metadata = {
         "EchoTime": echo_times,
@@ -221,12 +222,9 @@ def init_single_acquisition_wf(
         "ReferenceRegion": reference,
         **({"Atlas": regions["atlas_name"], "AtlasSource": regions["atlas_source"],
             "Template": regions["template_name"]} if regions else {}),
-        "EstimationReference": [METHOD_DOIS[m] for m in ((inversion,) if single_step
-                                                         else (bfr, inversion))
-                                if m in METHOD_DOIS],
+        "EstimationReference": [METHOD_DOIS[m] for m in (bfr, inversion) if m in METHOD_DOIS],
         "Parameters": {
-            **({} if single_step else
-               {"bfr": {**method_defaults(BFR_METHODS[bfr]), **(bfr_params or {})}}),
+            "bfr": {**method_defaults(BFR_METHODS[bfr]), **(bfr_params or {})},
             "inversion": {
                 **method_defaults({**INVERSION_METHODS, **SINGLE_STEP_METHODS}[inversion]),
                 **(inversion_params or {}),
@@ -241,8 +239,7 @@ def init_single_acquisition_wf(
         source_files=list(acq.phase_files) + list(acq.magnitude_files), metadata=metadata,
         outputs=tuple(o[0] for o in OUTPUTS
                       if (with_r2star or o[0] not in ("r2starmap", "t2starmap"))
-                      and (with_swi or o[0] not in ("swi", "minip"))
-                      and not (single_step and o[0] == "local_field_hz")),
+                      and (with_swi or o[0] not in ("swi", "minip"))),
         extra_outputs=(regional_outputs(regions["atlas_name"], regions["template_name"],
                                         t1w=bool(t1w_file)) if regions else ()),
     )  # fmt: skip
@@ -297,8 +294,7 @@ def init_single_acquisition_wf(
         (field_wf, ds_wf, [("outputnode.mask", "inputnode.mask"),
                            ("outputnode.total_field_hz", "inputnode.total_field_hz")]),
         (qsm_wf, ds_wf, [("outputnode.chimap", "inputnode.chimap"),
-                         ("outputnode.qsm_mask", "inputnode.qsm_mask")]),
+                         ("outputnode.qsm_mask", "inputnode.qsm_mask"),
+                         ("outputnode.local_field_hz", "inputnode.local_field_hz")]),
     ])  # fmt: skip
-    if not single_step:
-        workflow.connect(qsm_wf, "outputnode.local_field_hz", ds_wf, "inputnode.local_field_hz")
     return workflow

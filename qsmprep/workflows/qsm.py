@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
@@ -32,7 +34,8 @@ INVERSION_DESC = {
     "nltv": "nonlinear total-variation inversion (FANSI) [Milovic 2018]",
     "ndi": "nonlinear dipole inversion (NDI) [Polak 2020]",
     "single-step-tv": "single-step total-variation QSM, which fits susceptibility inside the "
-    "brain mask to the spherical-mean-value high-pass (6 mm) of the total field, with no "
+    "brain mask to the spherical-mean-value high-pass ({radius_mm:g} mm) of the total field, "
+    "with no "
     "separate background field removal [Chatnuntawech 2017]",
 }
 #: DOIs recorded as EstimationReference in the sidecars.
@@ -67,7 +70,7 @@ def init_qsm_wf(
     b0_tesla: float,
     bfr: str = "resharp",
     bfr_params: dict | None = None,
-    inversion: str = "tv",
+    inversion: str = "single-step-tv",
     inversion_params: dict | None = None,
     reference: str = "brain",
     reference_labels: list[int] | None = None,
@@ -79,12 +82,15 @@ def init_qsm_wf(
 
     Inputs: ``total_field_hz``, ``mask``, ``magnitude`` (optional), ``labels`` (native atlas
     labels; needed when ``reference`` is a region, whose indices are ``reference_labels``).
-    Outputs: ``local_field_hz``, ``qsm_mask`` (where chi is valid), ``chimap`` (ppm).
+    Outputs: ``local_field_hz``, ``qsm_mask`` (where chi is valid), ``chimap`` (ppm). With a
+    single-step ``inversion`` chi comes from the total field, and ``bfr`` only makes the
+    local field map.
     """
     workflow = pe.Workflow(name=name)
     if inversion in SINGLE_STEP_METHODS:
         return _init_single_step(workflow, b0_tesla=b0_tesla, inversion=inversion,
-                                 params=inversion_params, reference=reference,
+                                 params=inversion_params, bfr=bfr, bfr_params=bfr_params,
+                                 reference=reference,
                                  reference_labels=reference_labels, mem_gb=mem_gb,
                                  n_procs=n_procs)  # fmt: skip
     workflow.__desc__ = (
@@ -131,21 +137,30 @@ def _referencing_node(workflow, inputnode, reference, reference_labels, mem_gb) 
     return referencing
 
 
-def _init_single_step(workflow, *, b0_tesla, inversion, params, reference, reference_labels,
-                      mem_gb, n_procs) -> pe.Workflow:
-    """The QSM stage of a single-step method: total field -> chi, no local field output."""
+def _init_single_step(workflow, *, b0_tesla, inversion, params, bfr, bfr_params, reference,
+                      reference_labels, mem_gb, n_procs) -> pe.Workflow:
+    """The QSM stage of a single-step method: total field -> chi; the local field map comes
+    from ``bfr`` beside it (an output only: chi does not use it)."""
+    radius = (params or {}).get("radius_mm",
+                                inspect.signature(SINGLE_STEP_METHODS[inversion])
+                                .parameters["radius_mm"].default)  # fmt: skip
+    desc = INVERSION_DESC.get(inversion, inversion).format(radius_mm=float(radius))
     workflow.__desc__ = (
         f"Susceptibility was estimated from the total field (converted to ppm with B0 = "
-        f"{b0_tesla:g} T) by {INVERSION_DESC.get(inversion, inversion)}, and referenced to "
+        f"{b0_tesla:g} T) by {desc}, and referenced to "
         + REFERENCE_DESC.get(reference, f"the mean susceptibility of the atlas region "
                              f"'{reference}' (labels in native space)")
-        + "."
+        + f". The local field map was computed separately by {BFR_DESC.get(bfr, bfr)}; "
+        "the susceptibility map does not depend on it."
     )  # fmt: skip
     inputnode = pe.Node(
         niu.IdentityInterface(fields=["total_field_hz", "mask", "magnitude", "labels"]),
         name="inputnode",
     )
-    outputnode = pe.Node(niu.IdentityInterface(fields=["qsm_mask", "chimap"]), name="outputnode")
+    outputnode = pe.Node(niu.IdentityInterface(fields=["local_field_hz", "qsm_mask", "chimap"]),
+                         name="outputnode")  # fmt: skip
+    bg_removal = pe.Node(BackgroundRemoval(method=bfr, params=bfr_params or {}),
+                         name="bg_removal", mem_gb=mem_gb, n_procs=n_procs)  # fmt: skip
     single_step = pe.Node(
         SingleStepQSM(method=inversion, params=params or {}, b0_tesla=b0_tesla),
         name="single_step", mem_gb=mem_gb, n_procs=n_procs,
@@ -153,6 +168,8 @@ def _init_single_step(workflow, *, b0_tesla, inversion, params, reference, refer
     referencing = _referencing_node(workflow, inputnode, reference, reference_labels, mem_gb)
     workflow.connect([
         (inputnode, single_step, [("total_field_hz", "field_hz"), ("mask", "mask")]),
+        (inputnode, bg_removal, [("total_field_hz", "field_hz"), ("mask", "mask")]),
+        (bg_removal, outputnode, [("out_file", "local_field_hz")]),
         (single_step, referencing, [("out_file", "in_file"), ("out_mask", "mask")]),
         (single_step, outputnode, [("out_mask", "qsm_mask")]),
         (referencing, outputnode, [("out_file", "chimap")]),

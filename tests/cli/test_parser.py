@@ -36,7 +36,7 @@ def test_minimal_command_line_gives_defaults(dirs):
     assert s.analysis_level == "participant"
     assert s.participant_label == () and s.work_dir is None
     assert (
-        s.inversion == "tv"
+        s.inversion == "single-step-tv"
         and s.bfr == "resharp"
         and s.phase_sign == 1
         and not s.dry_run
@@ -178,7 +178,7 @@ def test_config_file_alone_fills_settings(dirs, tmp_path):
     path = tmp_path / "c.toml"
     path.write_text('reference = "none"\nmask_erosions = 3\n')
     s = parse_args(_args(dirs, "--config-file", str(path)))
-    assert s.reference == "none" and s.mask_erosions == 3 and s.inversion == "tv"
+    assert s.reference == "none" and s.mask_erosions == 3 and s.inversion == "single-step-tv"
 
 
 @pytest.mark.parametrize(

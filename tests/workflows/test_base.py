@@ -44,10 +44,17 @@ def test_every_bfr_and_inversion_builds(tmp_path, bfr, inversion):
         inversion=inversion,
     )
     nodes = _nodes(wf)
-    if inversion in SINGLE_STEP_CHOICES:  # one fit from the total field: no local field
+    if inversion in SINGLE_STEP_CHOICES:  # one fit from the total field
         assert {"single_step", "referencing", "ds_chimap", "ds_qsm_mask"} <= nodes
-        assert not {"bg_removal", "dipole_inversion", "ds_local_field_hz"} & nodes
-        assert wf.get_node("qsm_wf").get_node("single_step").inputs.method == inversion
+        assert "dipole_inversion" not in nodes
+        qsm_wf = wf.get_node("qsm_wf")
+        assert qsm_wf.get_node("single_step").inputs.method == inversion
+        # --bfr still makes the local field map, which chi does not depend on
+        assert "ds_local_field_hz" in nodes
+        bg = qsm_wf.get_node("bg_removal")
+        assert bg.inputs.method == bfr
+        assert [n.name for n in qsm_wf._graph.successors(bg)] == ["outputnode"]
+        assert "high-pass (6 mm)" in qsm_wf.__desc__ and "does not depend on it" in qsm_wf.__desc__
         return
     assert {"bg_removal", "dipole_inversion", "referencing", "ds_chimap"} <= nodes
     inv = wf.get_node("qsm_wf").get_node("dipole_inversion")
@@ -94,7 +101,7 @@ def test_top_workflow_sends_crash_files_to_the_subject_log(tmp_path):
     settings = Settings(bids_dir=tmp_path, output_dir=tmp_path / "out",
                         analysis_level="participant")  # fmt: skip
     wf = init_qsmprep_wf(settings, [_acq(tmp_path)], work_dir=tmp_path / "work")
-    node = wf.get_node("sub_01_wf").get_node("qsm_wf").get_node("dipole_inversion")
+    node = wf.get_node("sub_01_wf").get_node("qsm_wf").get_node("single_step")
     assert node.config["execution"]["crashdump_dir"] == str(tmp_path / "out" / "sub-01" / "log")
 
 
@@ -104,8 +111,10 @@ def test_phase_sign_and_field_strength_reach_the_nodes(tmp_path):
     wf = init_single_acquisition_wf(acq, output_dir=str(tmp_path), bids_dir=str(tmp_path),
                                     phase_sign=-1)  # fmt: skip
     assert wf.get_node("field_wf").get_node("phase_scaling").inputs.sign == -1
-    inv = wf.get_node("qsm_wf").get_node("dipole_inversion")
-    assert inv.inputs.b0_tesla == acq.b0_tesla == 3.0
+    assert wf.get_node("qsm_wf").get_node("single_step").inputs.b0_tesla == acq.b0_tesla == 3.0
+    two_step = init_single_acquisition_wf(acq, output_dir=str(tmp_path), bids_dir=str(tmp_path),
+                                          inversion="tv")  # fmt: skip
+    assert two_step.get_node("qsm_wf").get_node("dipole_inversion").inputs.b0_tesla == 3.0
     assert wf.get_node("field_wf").get_node("phase_scaling").inputs.units == "rad"
 
 

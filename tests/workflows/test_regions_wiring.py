@@ -53,7 +53,11 @@ def test_regions_add_registration_labels_stats_and_sinks(tmp_path):
     assert ("forward_transforms", "transform") in _edges(wf, "register", "chimap_to_template")
     # statistics read the referenced Chimap and the QSM mask, in native space
     assert ("out_file", "chimap") in _edges(wf, "referencing", "regional_stats")
-    assert ("out_mask", "mask") in _edges(wf, "bg_removal", "regional_stats")
+    assert ("out_mask", "mask") in _edges(wf, "single_step", "regional_stats")
+    two_step = init_single_acquisition_wf(_acq(tmp_path), output_dir=str(tmp_path),
+                                          bids_dir=str(tmp_path), regions=_regions(tmp_path),
+                                          inversion="tv")  # fmt: skip
+    assert ("out_mask", "mask") in _edges(two_step, "bg_removal", "regional_stats")
     ds = wf.get_node("derivatives_wf")
     assert ds.get_node("ds_regions_stats").inputs.entities["seg"] == "qsmprep"
     assert ds.get_node("ds_chimap_std").inputs.entities["space"] == "MNI152NLin2009cAsym"
