@@ -33,5 +33,5 @@ def test_single_step_interface_recovers_chi(tmp_path):
     np.testing.assert_allclose(out_affine, affine, atol=1e-5)
     assert np.array_equal(valid, erode_mask(brain, voxel_size_mm=vox, radius_mm=6.0))
     chi = chi - chi[valid].mean()
-    # measured 28.9 % with B0 from the affine; 72 % with B0 along z, 25,700 % with Hz as ppm
+    # measured 29.9 % with B0 from the affine; 65 % with B0 along z, 25,000 % with Hz as ppm
     assert metrics.nrmse(chi, ph.true_chi(), valid) < 35.0

@@ -44,7 +44,10 @@ def check_number(
     name: str, value: float, *, low: float = 0.0, high: float = np.inf, low_open: bool = True
 ) -> float:
     """Return ``float(value)`` or raise ``ValueError`` if it is outside ``(low, high]``."""
-    v = float(value)
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
     ok = np.isfinite(v) and (v > low if low_open else v >= low) and v <= high
     if not ok:
         bracket = "(" if low_open else "["

@@ -16,6 +16,9 @@ from qsmprep.algorithms.background import erode_mask
 from qsmprep.algorithms.inversion import _common
 from qsmprep.algorithms.kernels import smv_kernel
 
+#: Default TV weight per jump between neighbouring voxels (ppm); ``lambda = this * h``.
+VOXEL_REGULARIZATION = 2e-4
+
 
 def single_step_tv(
     total_field_ppm: npt.ArrayLike,
@@ -24,7 +27,7 @@ def single_step_tv(
     voxel_size_mm: Sequence[float],
     b0_direction: npt.ArrayLike = (0.0, 0.0, 1.0),
     radius_mm: float = 6.0,
-    regularization: float = 4e-4,
+    regularization: float | None = None,
     data_penalty: float = 1.0,
     tol: float = 1e-2,
     max_iterations: int = 100,
@@ -67,6 +70,12 @@ def single_step_tv(
     radius_mm : SMV radius ``r`` (mm), >= the largest voxel size; the data term is used in
         ``M_r``, the mask eroded by ``r``.
     regularization : ``lambda`` in ppm*mm, as for :func:`~qsmprep.algorithms.inversion.tv`.
+        Default (None): ``VOXEL_REGULARIZATION * h`` with ``h`` the geometric-mean voxel size
+        in mm, i.e. a fixed weight of 2e-4 ppm on each jump between neighbouring voxels.
+        With a given noise per voxel, the best weight on a jump does not depend on the
+        voxels' spacing, while ``grad`` divides it by ``h``; a fixed ppm*mm value would
+        regularise 1 mm data 3x more than 3 mm data. Measured on seven simulations at 1-3 mm,
+        the best fixed ppm*mm value was 1-2e-4 at 1 mm and 4-8e-4 at 3 mm.
     data_penalty : ADMM penalty ``rho_1`` of the data split (dimensionless; 1).
     tol : stop when ``||x_k - x_{k-1}|| < tol ||x_k||`` (after at least 5 iterations).
     max_iterations : ADMM iterations at most (100).
@@ -91,7 +100,8 @@ def single_step_tv(
     inversion with variational regularization. Magn Reson Med 2018;80:814-821.
     doi:10.1002/mrm.27073
     """
-    lam = _common.check_number("regularization", regularization)
+    if regularization is not None:
+        _common.check_number("regularization", regularization)
     rho1 = _common.check_number("data_penalty", data_penalty)
     tol = _common.check_number("tol", tol)
     max_iterations = _common.check_count("max_iterations", max_iterations)
@@ -99,6 +109,9 @@ def single_step_tv(
                       b0_direction=b0_direction, pad_factor=pad_factor,
                       workers=workers)  # fmt: skip
     vox = p.voxel_size_mm
+    if regularization is None:  # a fixed weight per jump between voxels: lambda = weight * h
+        regularization = VOXEL_REGULARIZATION * float(np.prod(vox)) ** (1 / 3)
+    lam = _common.check_number("regularization", regularization)
     radius = _common.check_number("radius_mm", radius_mm, low=max(vox) * (1 - 1e-6), low_open=False)
     data_mask = erode_mask(p.mask, voxel_size_mm=vox, radius_mm=radius).astype(np.float32)
     if not data_mask.any():
