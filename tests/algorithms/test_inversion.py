@@ -221,6 +221,38 @@ def test_fused_split_steps_match_numpy_and_the_definition():
     assert lhs == pytest.approx(float(np.vdot(x, _common.split_adjoint(u0, h))), rel=1e-4)
 
 
+def test_split_and_adjoint_in_one_pass_match_the_two_steps():
+    """split_adjoint_update (TV's and single-step's one-pass split) equals split_update then
+    split_adjoint, numba and numpy, and leaves the old u alone; scale_add is a * w + b."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(9, 10, 11)).astype(np.float32)
+    h = (1.0, 2.0, 3.0)
+    u0 = [rng.normal(size=x.shape).astype(np.float32) for _ in range(3)]
+    u_ref, w = [a.copy() for a in u0], [np.empty_like(x) for _ in range(3)]
+    _common.split_update(x, u_ref, w, 0.3, h)
+    adj_ref = _common.grad_adjoint(w, h)
+    spec = (rng.normal(size=(4, 5, 6)) + 1j * rng.normal(size=(4, 5, 6))).astype(np.complex64)
+    weight = rng.random((4, 5, 6)).astype(np.float32)
+    offset = (rng.normal(size=spec.shape) + 0j).astype(np.complex64)
+    for fused in (True, False):
+        saved = _common._nb
+        if not fused:
+            _common._nb = None
+        try:
+            u, spare = [a.copy() for a in u0], [np.empty_like(x) for _ in range(3)]
+            adj = _common.split_adjoint_update(x, u, spare, 0.3, h)
+            out = spec.copy()
+            _common.scale_add(out, weight, offset)
+        finally:
+            _common._nb = saved
+        np.testing.assert_allclose(adj, adj_ref, rtol=1e-5, atol=1e-5)
+        for a, b in zip(spare, u_ref, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+        for a, b in zip(u, u0, strict=True):
+            assert np.array_equal(a, b)
+        np.testing.assert_allclose(out, spec * weight + offset, rtol=1e-6, atol=1e-6)
+
+
 def test_reference_chi():
     chi = np.arange(27, dtype=np.float32).reshape(3, 3, 3)
     mask = chi > 4

@@ -199,6 +199,33 @@ def split_adjoint(w, voxel_size_mm) -> np.ndarray:
     return grad_adjoint(w, voxel_size_mm)
 
 
+def split_adjoint_update(x, u, spare, threshold, voxel_size_mm) -> np.ndarray:
+    """:func:`split_update` then :func:`split_adjoint` in one pass: writes the new ``u`` into
+    ``spare`` (three arrays; the caller swaps ``u`` and ``spare``), leaves ``u`` unchanged,
+    and returns ``grad^T (z - u_new)``. With numba, ``w`` is never stored: each voxel
+    recomputes ``z - u_new`` at its lower neighbours, so the pass reads 4 arrays and writes 4
+    instead of the 14 array passes of the two steps."""
+    if _nb is not None:
+        ih = [np.float32(1.0 / h) for h in voxel_size_mm]
+        out = np.empty_like(x)
+        _nb.split_adjoint_update(x, *u, *spare, np.float32(threshold), *ih, out)
+        return out
+    for s, ui in zip(spare, u, strict=True):
+        s[...] = ui
+    w = [np.empty_like(x) for _ in range(3)]
+    split_update(x, spare, w, threshold, voxel_size_mm)
+    return grad_adjoint(w, voxel_size_mm)
+
+
+def scale_add(spectrum: np.ndarray, weight: np.ndarray, offset: np.ndarray) -> None:
+    """``spectrum = spectrum * weight + offset`` in place (one pass with numba)."""
+    if _nb is not None:
+        _nb.scale_add(spectrum, weight, offset)
+        return
+    spectrum *= weight
+    spectrum += offset
+
+
 def relative_change(new: np.ndarray, old: np.ndarray) -> float:
     """``||new - old|| / ||new||`` (one fused pass with numba)."""
     if _nb is not None:

@@ -107,26 +107,18 @@ def data_step(v, u, b, inv_den, rho):  # pragma: no cover - jit
 
 
 @numba.njit(parallel=True, fastmath=False, cache=True)
-def support_step(x, u, inside, w0, w1, w2, rho_w, rho_s, ih0, ih1, ih2, out):  # pragma: no cover
-    """Single-step support split and x-step right-hand side: q = x + u; s = q inside the mask,
-    0 outside; u = q - s; out = rho_s (s - u) + rho_w grad^T w."""
+def support_step(x, u, inside, adj, rho_w, rho_s):  # pragma: no cover - jit
+    """Single-step support split and x-step right-hand side, in place: q = x + u; s = q inside
+    the mask, 0 outside; u = q - s; adj = rho_s (s - u) + rho_w adj (adj = grad^T w on entry)."""
     n0, n1, n2 = x.shape
     for i in numba.prange(n0):
-        im = i - 1 if i > 0 else n0 - 1
         for j in range(n1):
-            jm = j - 1 if j > 0 else n1 - 1
             for k in range(n2):
-                km = k - 1 if k > 0 else n2 - 1
                 q = x[i, j, k] + u[i, j, k]
                 s = q if inside[i, j, k] else np.float32(0.0)
                 un = q - s
                 u[i, j, k] = un
-                adj = (
-                    (w0[im, j, k] - w0[i, j, k]) * ih0
-                    + (w1[i, jm, k] - w1[i, j, k]) * ih1
-                    + (w2[i, j, km] - w2[i, j, k]) * ih2
-                )
-                out[i, j, k] = rho_s * (s - un) + rho_w * adj
+                adj[i, j, k] = rho_s * (s - un) + rho_w * adj[i, j, k]
 
 
 @numba.njit(parallel=True, fastmath=False, cache=True)
@@ -139,3 +131,49 @@ def spectra_step(fa, fr, wa, wr, cd):  # pragma: no cover - jit
                 sp = wa[i, j, k] * fa[i, j, k] + wr[i, j, k] * fr[i, j, k]
                 fa[i, j, k] = sp
                 fr[i, j, k] = cd[i, j, k] * sp
+
+
+@numba.njit(parallel=True, fastmath=False, cache=True)
+def split_adjoint_update(x, u0, u1, u2, v0, v1, v2, t, ih0, ih1, ih2, out):  # pragma: no cover
+    """The TV split step and its adjoint in one pass, without storing ``w``:
+    p = grad x + u, z = shrink(p, t), v = p - z (the new u, into the spare arrays v), and
+    out = grad^T (z - v). ``z - v = 2 z - p`` at the voxel and at its lower neighbour along
+    each axis is recomputed from x and the old u, so u must not be updated in place."""
+    n0, n1, n2 = x.shape
+    for i in numba.prange(n0):
+        ip = i + 1 if i + 1 < n0 else 0
+        im = i - 1 if i > 0 else n0 - 1
+        for j in range(n1):
+            jp = j + 1 if j + 1 < n1 else 0
+            jm = j - 1 if j > 0 else n1 - 1
+            for k in range(n2):
+                kp = k + 1 if k + 1 < n2 else 0
+                km = k - 1 if k > 0 else n2 - 1
+                xc = x[i, j, k]
+                p0 = (x[ip, j, k] - xc) * ih0 + u0[i, j, k]
+                p1 = (x[i, jp, k] - xc) * ih1 + u1[i, j, k]
+                p2 = (x[i, j, kp] - xc) * ih2 + u2[i, j, k]
+                s0 = _shrink(p0, t)
+                s1 = _shrink(p1, t)
+                s2 = _shrink(p2, t)
+                v0[i, j, k] = p0 - s0
+                v1[i, j, k] = p1 - s1
+                v2[i, j, k] = p2 - s2
+                q0 = (xc - x[im, j, k]) * ih0 + u0[im, j, k]
+                q1 = (xc - x[i, jm, k]) * ih1 + u1[i, jm, k]
+                q2 = (xc - x[i, j, km]) * ih2 + u2[i, j, km]
+                out[i, j, k] = (
+                    (2 * _shrink(q0, t) - q0 - 2 * s0 + p0) * ih0
+                    + (2 * _shrink(q1, t) - q1 - 2 * s1 + p1) * ih1
+                    + (2 * _shrink(q2, t) - q2 - 2 * s2 + p2) * ih2
+                )
+
+
+@numba.njit(parallel=True, fastmath=False, cache=True)
+def scale_add(spectrum, weight, offset):  # pragma: no cover - jit
+    """spectrum = spectrum * weight + offset, in place (complex spectrum, real weight)."""
+    n0, n1, n2 = spectrum.shape
+    for i in numba.prange(n0):
+        for j in range(n1):
+            for k in range(n2):
+                spectrum[i, j, k] = spectrum[i, j, k] * weight[i, j, k] + offset[i, j, k]

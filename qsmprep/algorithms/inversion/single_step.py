@@ -120,7 +120,6 @@ def single_step_tv(
     cd = highpass * p.kernel
     rho2 = rho3 = np.float32(100.0 * lam)
     rho1 = np.float32(rho1)
-    ih = tuple(np.float32(1.0 / h) for h in vox)
     inv_den = (1.0 / (rho1 * cd * cd + rho2 * p.grad_sq() + rho3)).astype(np.float32)
     data_weight = (rho1 * cd * inv_den).astype(np.float32)  # X = data_weight F(a - u1) + ...
     b = (p.ifft(highpass * p.fft(p.field_ppm)) * data_mask).astype(np.float32)  # M_r C f
@@ -129,15 +128,16 @@ def single_step_tv(
     data_in = b.copy()  # a - u1, with a = b, u1 = 0 at the start
     u1, u3, support_in = np.zeros_like(x), np.zeros_like(x), np.zeros_like(x)
     u2 = [np.zeros_like(x) for _ in range(3)]
-    w = [np.zeros_like(x) for _ in range(3)]  # y - u2
+    spare = [np.empty_like(x) for _ in range(3)]  # the next u2
     for it in range(max_iterations):
         spectrum, cd_spectrum = p.fft(data_in), p.fft(support_in)
         _spectra_step(spectrum, cd_spectrum, data_weight, inv_den, cd)
         x_new = p.ifft(spectrum)
         data_in = p.ifft(cd_spectrum)  # C D x, turned into the next a - u1 in place
         _data_step(data_in, u1, b, a_inv_den, rho1)
-        _common.split_update(x_new, u2, w, lam / rho2, vox)
-        _support_step(x_new, u3, p.mask, w, rho2, rho3, ih, support_in)
+        support_in = _common.split_adjoint_update(x_new, u2, spare, lam / rho2, vox)
+        u2, spare = spare, u2
+        _support_step(x_new, u3, p.mask, support_in, rho2, rho3)
         change = _common.relative_change(x_new, x)
         x = x_new
         if it >= 5 and change < tol:
@@ -170,13 +170,14 @@ def _data_step(v, u, b, inv_den, rho) -> None:
     np.subtract(a, u, out=v)
 
 
-def _support_step(x, u, inside, w, rho_w, rho_s, ih, out) -> None:
+def _support_step(x, u, inside, adj, rho_w, rho_s) -> None:
     """Support split and the image-space x-step input, in place: ``s = P_M(x + u)``,
-    ``u <- x + u - s``, ``out = rho_s (s - u) + rho_w grad^T w``."""
+    ``u <- x + u - s``, ``adj <- rho_s (s - u) + rho_w adj`` (``adj = grad^T w`` on entry)."""
     if _common._nb is not None:
-        _common._nb.support_step(x, u, inside, *w, rho_w, rho_s, *ih, out)
+        _common._nb.support_step(x, u, inside, adj, rho_w, rho_s)
         return
     q = x + u
     s = np.where(inside, q, np.float32(0.0))
     u[...] = q - s
-    out[...] = rho_s * (s - u) + rho_w * _common.grad_adjoint(w, [1.0 / h for h in ih])
+    adj *= rho_w
+    adj += rho_s * (s - u)

@@ -24,14 +24,14 @@ def _admm_tv(
     rho_inv_den = (np.float32(rho) * inv_den).astype(np.float32)
     del den, inv_den
     u = [np.zeros_like(x) for _ in range(3)]
-    w = [np.empty_like(x) for _ in range(3)]  # y - u, all the x-step needs
+    spare = [np.empty_like(x) for _ in range(3)]  # the next u
+    data = data.astype(np.complex64, copy=False)
     it = 0
     while it < max_iterations:
         it += 1
-        _common.split_update(x, u, w, lam / rho, h)
-        spectrum = p.fft(_common.split_adjoint(w, h))
-        spectrum *= rho_inv_den
-        spectrum += data
+        spectrum = p.fft(_common.split_adjoint_update(x, u, spare, lam / rho, h))
+        u, spare = spare, u
+        _common.scale_add(spectrum, rho_inv_den, data)  # rho F(grad^T w) / den + D F f / den
         x_new = p.ifft(spectrum)
         change = _common.relative_change(x_new, x)
         x = x_new
