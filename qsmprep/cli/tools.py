@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``qsmprep-tools`` parser with its subcommands (no side effects)."""
     from qsmprep.__about__ import __version__
     from qsmprep.algorithms.background import BFR_METHODS
-    from qsmprep.algorithms.inversion import INVERSION_METHODS
+    from qsmprep.algorithms.inversion import INVERSION_METHODS, SINGLE_STEP_METHODS
     from qsmprep.algorithms.r2star import R2STAR_METHODS
     from qsmprep.algorithms.swi import SWI_SUPPRESS
     from qsmprep.algorithms.unwrap import UNWRAP_METHODS
@@ -123,14 +123,21 @@ def build_parser() -> argparse.ArgumentParser:
         "invert",
         help="dipole inversion: local field -> susceptibility (ppm)",
         description="Dipole inversion of a local (background-removed) field. Output: chi in "
-        "ppm, float32, 0 outside the mask, not referenced (its mean is arbitrary). "
+        "ppm, float32, 0 outside the mask, not referenced (its mean is arbitrary). With "
+        "--algorithm single-step-tv (qsmprep's default) FIELD is the total field, background "
+        "included, and chi is valid in the mask eroded by radius_mm (--mask-out). "
         + "--b0-dir: "
         + _B0_DIR_HELP,
     )
-    p.add_argument("--field", required=True, metavar="FIELD.nii.gz", help="local field map")
+    p.add_argument("--field", required=True, metavar="FIELD.nii.gz",
+                   help="local field map (total field for single-step-tv)")  # fmt: skip
     p.add_argument("--mask", required=True, metavar="MASK.nii.gz", help="mask (nonzero = in)")
     _add_io(p, output_help="susceptibility map (ppm)")
-    p.add_argument("--algorithm", default="tv", choices=sorted(INVERSION_METHODS),
+    p.add_argument("--mask-out", metavar="MASK_OUT.nii.gz",
+                   help="write the mask where chi is valid (single-step-tv: the mask eroded by "
+                   "its radius_mm; otherwise the input mask)")  # fmt: skip
+    p.add_argument("--algorithm", default="tv",
+                   choices=sorted(INVERSION_METHODS) + sorted(SINGLE_STEP_METHODS),
                    help="inversion method (default: %(default)s)")  # fmt: skip
     p.add_argument(
         "--field-units", default="ppm", choices=("ppm", "hz", "rad"),
@@ -408,7 +415,7 @@ def _save_all(items: Sequence[tuple[np.ndarray, np.ndarray, str, type]]) -> None
 # --------------------------------------------------------------------------------------------
 def _run_invert(args) -> None:
     from qsmprep.algorithms import constants
-    from qsmprep.algorithms.inversion import invert
+    from qsmprep.algorithms.inversion import SINGLE_STEP_METHODS, invert
 
     field, affine = _load3d(args.field)
     mask = _load_mask(args.mask, field.shape, affine, args.field)
@@ -420,9 +427,18 @@ def _run_invert(args) -> None:
         field = constants.hz_to_ppm(field, b0_tesla=args.b0_tesla)
     voxel_size_mm = _voxel_size_mm(affine)
     b0_dir = b0_direction_voxel(affine, args.b0_dir)
-    chi = invert(args.algorithm, np.where(mask, field, 0).astype(np.float32), mask,
-                 voxel_size_mm=voxel_size_mm, b0_direction=b0_dir, **args.params)  # fmt: skip
-    _save_all([(chi, affine, args.output, np.float32)])
+    field = np.where(mask, field, 0).astype(np.float32)
+    if args.algorithm in SINGLE_STEP_METHODS:  # the total field: background removal included
+        chi, valid = SINGLE_STEP_METHODS[args.algorithm](
+            field, mask, voxel_size_mm=voxel_size_mm, b0_direction=b0_dir, **args.params)
+    else:
+        chi = invert(args.algorithm, field, mask, voxel_size_mm=voxel_size_mm,
+                     b0_direction=b0_dir, **args.params)  # fmt: skip
+        valid = mask
+    items = [(chi, affine, args.output, np.float32)]
+    if args.mask_out:
+        items.append((np.asarray(valid, bool), affine, args.mask_out, np.uint8))
+    _save_all(items)
 
 
 def _run_bgremove(args) -> None:

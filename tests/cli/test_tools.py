@@ -62,6 +62,30 @@ def chi_tv(case):
     return nifti.load(out)
 
 
+def test_invert_single_step_from_the_total_field(case, tmp_path):
+    """--algorithm single-step-tv takes the total field (skull, air and all) and writes its
+    valid mask; measured 29.9 % there, against 1,370 % for TV on the same total field."""
+    from qsmprep.algorithms.background import erode_mask
+
+    out, valid_out = tmp_path / "chi_ss.nii.gz", tmp_path / "valid.nii.gz"
+    argv = ["invert", "--field", case["total"], "--mask", case["mask"], "-o", str(out)]
+    assert main([*argv, "--algorithm", "single-step-tv", "--mask-out", str(valid_out)]) == 0
+    chi, affine = nifti.load(out)
+    valid = nifti.load(valid_out)[0] > 0
+    np.testing.assert_allclose(affine, case["affine"], atol=1e-5)
+    assert np.array_equal(valid, erode_mask(case["ph"].brain_mask, voxel_size_mm=VOX,
+                                            radius_mm=6.0))  # fmt: skip
+    score = metrics.nrmse(chi - chi[valid].mean(), case["ph"].true_chi(), valid)
+    assert score < 35.0
+    # TV (a two-step method) on the same total field: background left in; its mask is the input
+    tv_out, tv_valid = tmp_path / "chi_tv_total.nii.gz", tmp_path / "tv_valid.nii.gz"
+    argv = ["invert", "--field", case["total"], "--mask", case["mask"], "-o", str(tv_out)]
+    assert main([*argv, "--mask-out", str(tv_valid)]) == 0
+    assert np.array_equal(nifti.load(tv_valid)[0] > 0, case["ph"].brain_mask)
+    tv_chi = nifti.load(tv_out)[0]
+    assert metrics.nrmse(tv_chi - tv_chi[valid].mean(), case["ph"].true_chi(), valid) > 3 * score
+
+
 def _score(chi, ph) -> float:
     return metrics.nrmse(chi, ph.true_chi(), ph.brain_mask)
 
