@@ -13,7 +13,9 @@ Siemens-style integer phase) and the two anatomical phantoms of
 ``benchmarks/regional_accuracy.py`` (189 x 226 x 199; they need the default atlas, cached).
 ``--config LABEL=METHOD[:key=value,...]`` adds a background-removal setting beside ``--bfr``.
 ``--rim-shell MM PPM`` adds sources of PPM filling the mask's outer MM outside the brain (what a
-mask that takes in bone or dura brings), to test robustness.
+mask that takes in bone or dura brings), to test robustness. ``--slab MM`` keeps only an
+axial slab of MM (third voxel axis) through the brain's centre before the front end, as a
+partial-coverage acquisition would (the field still comes from the whole head).
 """
 
 from __future__ import annotations
@@ -114,6 +116,16 @@ def add_rim_sources(case, mask, total_hz, shell_mm: float, chi_ppm: float):
     return total_hz + ppm_to_hz(extra, b0_tesla=case["b0"]) * mask
 
 
+def crop_slab(case, thickness_mm: float) -> dict:
+    """The case cut to a slab of ``thickness_mm`` along the third voxel axis, centred on the
+    brain (phase, magnitude, truth and brain mask alike)."""
+    z = np.flatnonzero(case["brain"].any(axis=(0, 1)))
+    half = int(round(thickness_mm / case["vox"][2] / 2))
+    sl = slice(max((z[0] + z[-1]) // 2 - half, 0), (z[0] + z[-1]) // 2 + half)
+    return dict(case, phase=case["phase"][:, :, sl], mag=case["mag"][:, :, sl],
+                truth=case["truth"][:, :, sl], brain=case["brain"][:, :, sl])  # fmt: skip
+
+
 def front_end(case):
     mask = masking.mask_from_magnitude(case["mag"], voxel_size_mm=case["vox"])
     fit = combine.fit_field_linear(case["phase"], case["mag"], echo_times_s=case["tes"], mask=mask)
@@ -131,6 +143,8 @@ def main(argv=None):
                    help="add single-step TV from the total field (scored on RESHARP's voxels)")
     p.add_argument("--rim-shell", nargs=2, type=float, metavar=("MM", "PPM"),
                    help="add sources of PPM in the mask's outer MM outside the brain")  # fmt: skip
+    p.add_argument("--slab", type=float, metavar="MM",
+                   help="keep an axial slab of MM through the brain (partial coverage)")
     p.add_argument("--config", action="append", default=[], metavar="LABEL=METHOD[:k=v,...]",
                    help="a background-removal setting to score beside --bfr")  # fmt: skip
     args = p.parse_args(argv)
@@ -142,6 +156,8 @@ def main(argv=None):
         cases += list(large_subjects())
     print("case | bfr | " + " | ".join(args.inversion) + " | (NRMSE %, time s)")
     for name, case in cases:
+        if args.slab:
+            case = crop_slab(case, args.slab)
         mask, total = front_end(case)
         if args.rim_shell:
             total = add_rim_sources(case, mask, total, *args.rim_shell)
