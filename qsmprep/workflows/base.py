@@ -41,6 +41,18 @@ def method_defaults(function) -> dict:
             and name not in ("b0_direction", "workers")}  # fmt: skip
 
 
+def _inversion_record(inversion: str, params: dict | None, voxel_size_mm) -> dict:
+    """The inversion's parameters for the sidecars: defaults, then the given ones; a default
+    that depends on the voxel size (single-step TV's lambda) is recorded as its value."""
+    from qsmprep.algorithms.inversion.single_step import default_regularization
+
+    record = {**method_defaults({**INVERSION_METHODS, **SINGLE_STEP_METHODS}[inversion]),
+              **(params or {})}  # fmt: skip
+    if inversion in SINGLE_STEP_METHODS and record.get("regularization") is None and voxel_size_mm:
+        record["regularization"] = float(f"{default_regularization(voxel_size_mm):.4g}")
+    return record
+
+
 def stage_parameters(settings) -> tuple[dict, dict]:
     """(background-removal params, inversion params) from the settings, plain dicts."""
     bfr_params: dict = {}
@@ -225,10 +237,7 @@ def init_single_acquisition_wf(
         "EstimationReference": [METHOD_DOIS[m] for m in (bfr, inversion) if m in METHOD_DOIS],
         "Parameters": {
             "bfr": {**method_defaults(BFR_METHODS[bfr]), **(bfr_params or {})},
-            "inversion": {
-                **method_defaults({**INVERSION_METHODS, **SINGLE_STEP_METHODS}[inversion]),
-                **(inversion_params or {}),
-            },
+            "inversion": _inversion_record(inversion, inversion_params, acq.voxel_size_mm),
         },  # fmt: skip
         "GeneratedBy": [{"Name": "qsmprep", "Version": __version__}],
     }

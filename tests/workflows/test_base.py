@@ -105,6 +105,23 @@ def test_top_workflow_sends_crash_files_to_the_subject_log(tmp_path):
     assert node.config["execution"]["crashdump_dir"] == str(tmp_path / "out" / "sub-01" / "log")
 
 
+def test_sidecar_records_the_single_step_lambda_used(tmp_path):
+    """Single-step TV's default lambda depends on the voxel size: the sidecar gives its value
+    (2e-4 ppm x the geometric-mean voxel size), and an explicit value as given."""
+    import dataclasses
+
+    def recorded(acq, **kw):
+        wf = init_single_acquisition_wf(acq, output_dir=str(tmp_path), bids_dir=str(tmp_path),
+                                        **kw)  # fmt: skip
+        meta = wf.get_node("derivatives_wf").get_node("ds_chimap").inputs.metadata
+        return meta["Parameters"]["inversion"]["regularization"]
+
+    assert recorded(_acq(tmp_path)) == pytest.approx(2e-4)
+    aniso = dataclasses.replace(_acq(tmp_path), voxel_size_mm=(2.0, 2.0, 3.0))
+    assert recorded(aniso) == pytest.approx(2e-4 * 12 ** (1 / 3), rel=1e-3)
+    assert recorded(aniso, inversion_params={"regularization": 5e-4}) == 5e-4
+
+
 def test_phase_sign_and_field_strength_reach_the_nodes(tmp_path):
     """A sign flip or a wrong B0 here would scale or invert every Chimap."""
     acq = _acq(tmp_path)

@@ -110,7 +110,7 @@ def single_step_tv(
                       workers=workers)  # fmt: skip
     vox = p.voxel_size_mm
     if regularization is None:  # a fixed weight per jump between voxels: lambda = weight * h
-        regularization = VOXEL_REGULARIZATION * float(np.prod(vox)) ** (1 / 3)
+        regularization = default_regularization(vox)
     lam = _common.check_number("regularization", regularization)
     radius = _common.check_number("radius_mm", radius_mm, low=max(vox) * (1 - 1e-6), low_open=False)
     data_mask = erode_mask(p.mask, voxel_size_mm=vox, radius_mm=radius).astype(np.float32)
@@ -146,6 +146,12 @@ def single_step_tv(
     valid = np.zeros(p.full_shape, bool)
     valid[p.box] = _fft.crop_to(data_mask, box_shape) > 0
     return p.to_image(x), valid
+
+
+def default_regularization(voxel_size_mm: Sequence[float]) -> float:
+    """The default TV weight lambda (ppm*mm) of :func:`single_step_tv`:
+    ``VOXEL_REGULARIZATION * h``, ``h`` the geometric-mean voxel size (mm)."""
+    return VOXEL_REGULARIZATION * float(np.prod(np.asarray(voxel_size_mm, float))) ** (1 / 3)
 
 
 def _spectra_step(fa, fr, wa, wr, cd) -> None:
