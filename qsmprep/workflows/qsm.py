@@ -101,14 +101,7 @@ def init_qsm_wf(
                              f"'{reference}' (labels in native space)")
         + "."
     )
-    inputnode = pe.Node(
-        niu.IdentityInterface(fields=["total_field_hz", "mask", "magnitude", "labels"]),
-        name="inputnode",
-    )
-    outputnode = pe.Node(niu.IdentityInterface(fields=["local_field_hz", "qsm_mask", "chimap"]),
-                         name="outputnode")  # fmt: skip
-    bg_removal = pe.Node(BackgroundRemoval(method=bfr, params=bfr_params or {}),
-                         name="bg_removal", mem_gb=mem_gb, n_procs=n_procs)  # fmt: skip
+    inputnode, outputnode, bg_removal = _stage_nodes(workflow, bfr, bfr_params, mem_gb, n_procs)
     dipole_inversion = pe.Node(
         DipoleInversion(method=inversion, params=inversion_params or {}, b0_tesla=b0_tesla),
         name="dipole_inversion", mem_gb=mem_gb, n_procs=n_procs,
@@ -117,14 +110,31 @@ def init_qsm_wf(
     if inversion in USES_MAGNITUDE:
         workflow.connect(inputnode, "magnitude", dipole_inversion, "magnitude")
     workflow.connect([
-        (inputnode, bg_removal, [("total_field_hz", "field_hz"), ("mask", "mask")]),
         (bg_removal, dipole_inversion, [("out_file", "field_hz"), ("out_mask", "mask")]),
         (dipole_inversion, referencing, [("out_file", "in_file")]),
         (bg_removal, referencing, [("out_mask", "mask")]),
-        (bg_removal, outputnode, [("out_file", "local_field_hz"), ("out_mask", "qsm_mask")]),
+        (bg_removal, outputnode, [("out_mask", "qsm_mask")]),
         (referencing, outputnode, [("out_file", "chimap")]),
     ])  # fmt: skip
     return workflow
+
+
+def _stage_nodes(workflow, bfr, bfr_params, mem_gb, n_procs) -> tuple[pe.Node, pe.Node, pe.Node]:
+    """The input and output nodes, and background removal from the total field to the
+    ``local_field_hz`` output (both pipelines write it)."""
+    inputnode = pe.Node(
+        niu.IdentityInterface(fields=["total_field_hz", "mask", "magnitude", "labels"]),
+        name="inputnode",
+    )
+    outputnode = pe.Node(niu.IdentityInterface(fields=["local_field_hz", "qsm_mask", "chimap"]),
+                         name="outputnode")  # fmt: skip
+    bg_removal = pe.Node(BackgroundRemoval(method=bfr, params=bfr_params or {}),
+                         name="bg_removal", mem_gb=mem_gb, n_procs=n_procs)  # fmt: skip
+    workflow.connect([
+        (inputnode, bg_removal, [("total_field_hz", "field_hz"), ("mask", "mask")]),
+        (bg_removal, outputnode, [("out_file", "local_field_hz")]),
+    ])  # fmt: skip
+    return inputnode, outputnode, bg_removal
 
 
 def _referencing_node(workflow, inputnode, reference, reference_labels, mem_gb) -> pe.Node:
@@ -153,14 +163,7 @@ def _init_single_step(workflow, *, b0_tesla, inversion, params, bfr, bfr_params,
         + f". The local field map was computed separately by {BFR_DESC.get(bfr, bfr)}; "
         "the susceptibility map does not depend on it."
     )  # fmt: skip
-    inputnode = pe.Node(
-        niu.IdentityInterface(fields=["total_field_hz", "mask", "magnitude", "labels"]),
-        name="inputnode",
-    )
-    outputnode = pe.Node(niu.IdentityInterface(fields=["local_field_hz", "qsm_mask", "chimap"]),
-                         name="outputnode")  # fmt: skip
-    bg_removal = pe.Node(BackgroundRemoval(method=bfr, params=bfr_params or {}),
-                         name="bg_removal", mem_gb=mem_gb, n_procs=n_procs)  # fmt: skip
+    inputnode, outputnode, bg_removal = _stage_nodes(workflow, bfr, bfr_params, mem_gb, n_procs)
     single_step = pe.Node(
         SingleStepQSM(method=inversion, params=params or {}, b0_tesla=b0_tesla),
         name="single_step", mem_gb=mem_gb, n_procs=n_procs,
@@ -168,8 +171,6 @@ def _init_single_step(workflow, *, b0_tesla, inversion, params, bfr, bfr_params,
     referencing = _referencing_node(workflow, inputnode, reference, reference_labels, mem_gb)
     workflow.connect([
         (inputnode, single_step, [("total_field_hz", "field_hz"), ("mask", "mask")]),
-        (inputnode, bg_removal, [("total_field_hz", "field_hz"), ("mask", "mask")]),
-        (bg_removal, outputnode, [("out_file", "local_field_hz")]),
         (single_step, referencing, [("out_file", "in_file"), ("out_mask", "mask")]),
         (single_step, outputnode, [("out_mask", "qsm_mask")]),
         (referencing, outputnode, [("out_file", "chimap")]),

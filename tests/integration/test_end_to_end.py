@@ -45,10 +45,12 @@ EXPECTED = [
     "sub-{s}/anat/sub-{s}_from-MNI152NLin2009cAsym_to-MEGRE_mode-image_xfm.h5",
 ]
 # Whole-pipeline NRMSE threshold (demeaned, %, inside truth-brain AND the Chimap's valid mask).
-# The issue's acceptance bound for the walking skeleton is 70 %; published whole pipelines from
-# raw phase score ~68 % on a realistic head (QSM-CI). A wrong sign gives ~200 %, a wrong unit
-# (Hz taken as ppm, or a 2 pi error) >> 100 %, B0 along the wrong axis > 100 %.
-MAX_NRMSE = 70.0
+# Issue 4's goal for the defaults is 45 % (the walking skeleton's bound was 70 %; published
+# whole pipelines from raw phase score ~68 % on a realistic head, QSM-CI). Single-step TV, the
+# default, measures 43.0 / 41.1 % on the examples and 21.7 % on qsm-forward; RESHARP + TV, the
+# earlier default, 52.1 % there. A wrong sign gives ~200 %, a wrong unit (Hz taken as ppm, or a
+# 2 pi error) >> 100 %, B0 along the wrong axis > 100 %.
+MAX_NRMSE = 46.0
 
 
 @pytest.fixture(scope="module")
