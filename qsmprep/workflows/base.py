@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import re
 from pathlib import Path
 
@@ -10,9 +9,9 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from qsmprep.__about__ import __version__
-from qsmprep.algorithms.background import BFR_METHODS
 from qsmprep.algorithms.constants import phase_rad_per_ppm
-from qsmprep.algorithms.inversion import INVERSION_METHODS, SINGLE_STEP_METHODS, USES_MAGNITUDE
+from qsmprep.algorithms.inversion import SINGLE_STEP_METHODS, USES_MAGNITUDE
+from qsmprep.config import method_parameters
 from qsmprep.interfaces.field import R2starMapping, SWIMapping
 from qsmprep.workflows.field import init_field_wf
 from qsmprep.workflows.outputs import OUTPUTS, init_derivatives_wf, regional_outputs
@@ -32,22 +31,12 @@ def estimate_mem_gb(n_voxels: int, n_echoes: int) -> float:
     return max(0.25, n_voxels * max(n_echoes, 4) * _BYTES_PER_VOXEL_ECHO / 1e9)
 
 
-def method_defaults(function) -> dict:
-    """Keyword parameters and defaults of an algorithm (recorded in the sidecars)."""
-    sig = inspect.signature(function)
-    return {name: p.default for name, p in sig.parameters.items()
-            if p.kind is p.KEYWORD_ONLY and p.default is not p.empty
-            and isinstance(p.default, (int, float, str, bool, type(None)))
-            and name not in ("b0_direction", "workers")}  # fmt: skip
-
-
 def _inversion_record(inversion: str, params: dict | None, voxel_size_mm) -> dict:
     """The inversion's parameters for the sidecars: defaults, then the given ones; a default
     that depends on the voxel size (single-step TV's lambda) is recorded as its value."""
     from qsmprep.algorithms.inversion.single_step import default_regularization
 
-    record = {**method_defaults({**INVERSION_METHODS, **SINGLE_STEP_METHODS}[inversion]),
-              **(params or {})}  # fmt: skip
+    record = {**method_parameters("inversion", inversion), **(params or {})}
     if inversion in SINGLE_STEP_METHODS and record.get("regularization") is None and voxel_size_mm:
         record["regularization"] = float(f"{default_regularization(voxel_size_mm):.4g}")
     return record
@@ -236,7 +225,7 @@ def init_single_acquisition_wf(
             "Template": regions["template_name"]} if regions else {}),
         "EstimationReference": [METHOD_DOIS[m] for m in (bfr, inversion) if m in METHOD_DOIS],
         "Parameters": {
-            "bfr": {**method_defaults(BFR_METHODS[bfr]), **(bfr_params or {})},
+            "bfr": {**method_parameters("bfr", bfr), **(bfr_params or {})},
             "inversion": _inversion_record(inversion, inversion_params, acq.voxel_size_mm),
         },  # fmt: skip
         "GeneratedBy": [{"Name": "qsmprep", "Version": __version__}],

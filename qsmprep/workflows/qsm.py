@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import inspect
-
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from qsmprep.algorithms.inversion import SINGLE_STEP_METHODS, USES_MAGNITUDE
+from qsmprep.config import method_parameters
 from qsmprep.interfaces.qsm import BackgroundRemoval, DipoleInversion, Referencing, SingleStepQSM
 
 BFR_DESC = {
@@ -151,9 +150,7 @@ def _init_single_step(workflow, *, b0_tesla, inversion, params, bfr, bfr_params,
                       reference_labels, mem_gb, n_procs) -> pe.Workflow:
     """The QSM stage of a single-step method: total field -> chi; the local field map comes
     from ``bfr`` beside it (an output only: chi does not use it)."""
-    radius = (params or {}).get("radius_mm",
-                                inspect.signature(SINGLE_STEP_METHODS[inversion])
-                                .parameters["radius_mm"].default)  # fmt: skip
+    radius = {**method_parameters("inversion", inversion), **(params or {})}["radius_mm"]
     desc = INVERSION_DESC.get(inversion, inversion).format(radius_mm=float(radius))
     workflow.__desc__ = (
         f"Susceptibility was estimated from the total field (converted to ppm with B0 = "

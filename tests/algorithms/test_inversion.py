@@ -185,7 +185,15 @@ def test_bad_parameters_rejected(method):
         invert(method, f, m, voxel_size_mm=(1, 1, 1), **bad)
 
 
-def test_fused_split_steps_match_numpy_and_the_definition():
+@pytest.fixture(params=["numba", "numpy"])
+def kernels(request, monkeypatch):
+    """Run a test with the fused numba kernels and again with the numpy fallback."""
+    if request.param == "numpy":
+        monkeypatch.setattr(_common, "_nb", None)
+    return request.param
+
+
+def test_fused_split_steps_match_numpy_and_the_definition(kernels):
     """The split step keeps w = z - u with z = shrink(grad x + u, t): numba and the numpy
     fallback agree with that definition, the residual is sum |grad x - z|, and split_adjoint
     is the adjoint of the gradient; the fused relative change matches numpy's."""
@@ -200,57 +208,44 @@ def test_fused_split_steps_match_numpy_and_the_definition():
     w_ref = [zi - ui for zi, ui in zip(z_ref, u_ref, strict=True)]
     r_ref = float(np.sqrt(sum((gi - zi) ** 2 for gi, zi in zip(g, z_ref, strict=True))).sum())
     v_ref = _common.grad_adjoint(w_ref, h)
-    for fused in (True, False):
-        saved = _common._nb
-        if not fused:
-            _common._nb = None
-        try:
-            u, w = [a.copy() for a in u0], [np.empty_like(x) for _ in range(3)]
-            r = _common.split_update(x, u, w, 0.3, h, residual=True)
-            assert _common.split_update(x, [a.copy() for a in u0], w, 0.3, h) == 0.0
-            v = _common.split_adjoint(w, h)
-            change = _common.relative_change(y, x)
-        finally:
-            _common._nb = saved
-        assert r == pytest.approx(r_ref, rel=1e-5)
-        for a, b in zip(u + w + [v], u_ref + w_ref + [v_ref], strict=True):
-            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
-        assert change == pytest.approx(float(np.linalg.norm(y - x) / np.linalg.norm(y)), rel=1e-6)
+    u, w = [a.copy() for a in u0], [np.empty_like(x) for _ in range(3)]
+    r = _common.split_update(x, u, w, 0.3, h, residual=True)
+    assert _common.split_update(x, [a.copy() for a in u0], w, 0.3, h) == 0.0
+    v = _common.split_adjoint(w, h)
+    assert r == pytest.approx(r_ref, rel=1e-5)
+    for a, b in zip(u + w + [v], u_ref + w_ref + [v_ref], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    change = _common.relative_change(y, x)
+    assert change == pytest.approx(float(np.linalg.norm(y - x) / np.linalg.norm(y)), rel=1e-6)
     # the adjoint really is the adjoint of the gradient: <grad x, w> = <x, grad^T w>
     lhs = sum(float(np.vdot(gi, wi)) for gi, wi in zip(g, u0, strict=True))
     assert lhs == pytest.approx(float(np.vdot(x, _common.split_adjoint(u0, h))), rel=1e-4)
 
 
-def test_split_and_adjoint_in_one_pass_match_the_two_steps():
-    """split_adjoint_update (TV's and single-step's one-pass split) equals split_update then
-    split_adjoint, numba and numpy, and leaves the old u alone; scale_add is a * w + b."""
+def test_split_and_adjoint_in_one_pass_match_the_two_steps(kernels):
+    """split_adjoint_update (TV's and single-step's one-pass split) equals the definition's
+    split then grad^T, numba and numpy, and leaves the old u alone; scale_add is a * w + b."""
     rng = np.random.default_rng(2)
     x = rng.normal(size=(9, 10, 11)).astype(np.float32)
     h = (1.0, 2.0, 3.0)
     u0 = [rng.normal(size=x.shape).astype(np.float32) for _ in range(3)]
-    u_ref, w = [a.copy() for a in u0], [np.empty_like(x) for _ in range(3)]
-    _common.split_update(x, u_ref, w, 0.3, h)
-    adj_ref = _common.grad_adjoint(w, h)
+    p = [gi + ui for gi, ui in zip(_common.grad(x, h), u0, strict=True)]
+    z = [_common.shrink(pi, 0.3) for pi in p]
+    u_ref = [pi - zi for pi, zi in zip(p, z, strict=True)]
+    adj_ref = _common.grad_adjoint([zi - ui for zi, ui in zip(z, u_ref, strict=True)], h)
+    u, spare = [a.copy() for a in u0], [np.empty_like(x) for _ in range(3)]
+    adj = _common.split_adjoint_update(x, u, spare, 0.3, h)
+    np.testing.assert_allclose(adj, adj_ref, rtol=1e-5, atol=1e-5)
+    for a, b in zip(spare, u_ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    for a, b in zip(u, u0, strict=True):
+        assert np.array_equal(a, b)
     spec = (rng.normal(size=(4, 5, 6)) + 1j * rng.normal(size=(4, 5, 6))).astype(np.complex64)
     weight = rng.random((4, 5, 6)).astype(np.float32)
     offset = (rng.normal(size=spec.shape) + 0j).astype(np.complex64)
-    for fused in (True, False):
-        saved = _common._nb
-        if not fused:
-            _common._nb = None
-        try:
-            u, spare = [a.copy() for a in u0], [np.empty_like(x) for _ in range(3)]
-            adj = _common.split_adjoint_update(x, u, spare, 0.3, h)
-            out = spec.copy()
-            _common.scale_add(out, weight, offset)
-        finally:
-            _common._nb = saved
-        np.testing.assert_allclose(adj, adj_ref, rtol=1e-5, atol=1e-5)
-        for a, b in zip(spare, u_ref, strict=True):
-            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
-        for a, b in zip(u, u0, strict=True):
-            assert np.array_equal(a, b)
-        np.testing.assert_allclose(out, spec * weight + offset, rtol=1e-6, atol=1e-6)
+    out = spec.copy()
+    _common.scale_add(out, weight, offset)
+    np.testing.assert_allclose(out, spec * weight + offset, rtol=1e-6, atol=1e-6)
 
 
 def test_reference_chi():
