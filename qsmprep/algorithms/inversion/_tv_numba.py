@@ -177,3 +177,31 @@ def scale_add(spectrum, weight, offset):  # pragma: no cover - jit
         for j in range(n1):
             for k in range(n2):
                 spectrum[i, j, k] = spectrum[i, j, k] * weight[i, j, k] + offset[i, j, k]
+
+
+@numba.njit(parallel=True, fastmath=False, cache=True)
+def nltv_data_step(z, dx, u, f, w2, mu, s, steps):  # pragma: no cover - jit
+    """Nonlinear-TV data split, in place, one pass: v = dx + u; ``steps`` Newton steps on
+    ``w2 (1 - cos s(z - f)) / s^2 + mu/2 (z - v)^2`` from z; then u += dx - z. Where
+    ``w2 = 0`` (outside the mask) the objective is quadratic and its minimum ``z = v`` is what
+    the first Newton step gives, so the sines are skipped there."""
+    n0, n1, n2 = z.shape
+    safe = np.float32(0.1) * mu
+    for i in numba.prange(n0):
+        for j in range(n1):
+            for k in range(n2):
+                v = dx[i, j, k] + u[i, j, k]
+                zz, ff, ww = z[i, j, k], f[i, j, k], w2[i, j, k]
+                if ww == 0:
+                    z[i, j, k] = v
+                    u[i, j, k] = np.float32(0.0)
+                    continue
+                for _ in range(steps):
+                    arg = s * (zz - ff)
+                    grad = ww * np.sin(arg) / s + mu * (zz - v)
+                    hess = ww * np.cos(arg) + mu
+                    if not hess > safe:  # non-convex region: a safe step
+                        hess = ww + mu
+                    zz = zz - grad / hess
+                z[i, j, k] = zz
+                u[i, j, k] = v - zz

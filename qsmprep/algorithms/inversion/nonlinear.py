@@ -91,6 +91,19 @@ def check_phase_scale(value: float) -> float:
     return _common.check_number("phase_scale_rad_per_ppm", value, high=1e4)
 
 
+def _data_step(z, dx, u1, f, w2, mu, s, steps) -> None:
+    """The data split's z- and u1-updates, in place: ``steps`` Newton steps per voxel on
+    ``w2 (1 - cos s(z - f)) / s^2 + mu/2 (z - v)^2`` from ``z``, with ``v = dx + u1`` (``dx``:
+    ``D chi``); then ``u1 += dx - z``. One fused pass with numba, numpy otherwise."""
+    mu, s = np.float32(mu), np.float32(s)
+    if _common._nb is not None:
+        _common._nb.nltv_data_step(z, dx, u1, f, w2, mu, s, steps)
+        return
+    v = dx + u1
+    z[...] = _newton_phase(z, v, f, w2, mu, s, steps)
+    u1[...] = v - z
+
+
 def _newton_phase(z, v, f, w2, mu, s, steps):
     """A few Newton steps, per voxel, on ``w2 (1 - cos s(z - f)) / s^2 + mu/2 (z - v)^2``."""
     for _ in range(steps):
@@ -122,8 +135,7 @@ def _admm_nltv(p, w, *, lam, rho, mu, s, tol, max_iterations, newton_steps):
         x_new = p.ifft(xk)
         _common.split_update(x_new, u2, w_y, lam / rho, h)
         dx = p.ifft(d * xk)
-        z = _newton_phase(z, dx + u1, f, w2, np.float32(mu), s, newton_steps)
-        u1 += dx - z
+        _data_step(z, dx, u1, f, w2, mu, s, newton_steps)
         if x is not None:
             change = np.linalg.norm(x_new - x) / max(float(np.linalg.norm(x_new)), 1e-30)
             if change < tol:
