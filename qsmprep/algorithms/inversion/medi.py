@@ -60,6 +60,18 @@ def _cg(apply_a: Callable, b: np.ndarray, *, tol: float, max_iterations: int) ->
     return x
 
 
+def grad_t_weighted_grad(v: np.ndarray, c: Sequence[np.ndarray], voxel_size_mm) -> np.ndarray:
+    """``grad^T (c * grad v)`` (``c``: one weight array per axis), the lagged-diffusivity
+    operator of the L1 prior; one fused numba pass when numba is installed."""
+    if _common._nb is not None:
+        ih = [np.float32(1.0 / h) for h in voxel_size_mm]
+        out = np.empty_like(v)
+        _common._nb.grad_t_weighted_grad(v, *c, *ih, out)
+        return out
+    grads = _common.grad(v, voxel_size_mm)
+    return _common.grad_adjoint([ci * gi for ci, gi in zip(c, grads, strict=True)], voxel_size_mm)
+
+
 def _gauss_newton(p, w, mg, *, lam, s, beta, tol, max_iterations, cg_tol, cg_max_iterations):
     """Gauss-Newton on ``E_data + lam sum sqrt((M_G grad x)^2 + beta)`` (lagged diffusivity)."""
     h, d, f = p.voxel_size_mm, p.kernel, p.field_ppm
@@ -77,13 +89,10 @@ def _gauss_newton(p, w, mg, *, lam, s, beta, tol, max_iterations, cg_tol, cg_max
         ]
 
         def hess(v, pw=pw):
-            reg = _common.grad_adjoint(
-                [c * gi for c, gi in zip(pw, _common.grad(v, h), strict=True)], h
-            )
-            return reg + dconv(w2 * dconv(v))
+            return grad_t_weighted_grad(v, pw, h) + dconv(w2 * dconv(v))
 
         data = dconv(w2 * np.sin(np.float32(s) * (dconv(x) - f)) / np.float32(s))
-        b = -(_common.grad_adjoint([c * gi for c, gi in zip(pw, gx, strict=True)], h) + data)
+        b = -(grad_t_weighted_grad(x, pw, h) + data)
         dx = _cg(hess, b, tol=cg_tol, max_iterations=cg_max_iterations)
         x += dx
         if np.linalg.norm(dx) < tol * max(float(np.linalg.norm(x)), 1e-30):
