@@ -16,6 +16,34 @@ from qsmprep.algorithms.kernels import dipole_kernel
 _SQRT_HALF = np.float32(np.sqrt(0.5))
 
 
+def _along(ax: int, sl: slice) -> tuple[slice, ...]:
+    """Index that applies ``sl`` to axis ``ax`` of a 3-D array."""
+    return tuple(sl if i == ax else slice(None) for i in range(3))
+
+
+def _haar_split(sub: np.ndarray, ax: int) -> np.ndarray:
+    """One analysis step along ``ax``: averages then differences, each times sqrt(1/2)."""
+    half = sub.shape[ax] // 2
+    ev, od = sub[_along(ax, slice(0, None, 2))], sub[_along(ax, slice(1, None, 2))]
+    out = np.empty_like(sub)
+    lo, hi = out[_along(ax, slice(0, half))], out[_along(ax, slice(half, None))]
+    np.add(ev, od, out=lo)
+    np.subtract(ev, od, out=hi)
+    out *= _SQRT_HALF
+    return out
+
+
+def _haar_merge(sub: np.ndarray, ax: int) -> np.ndarray:
+    """Inverse of :func:`_haar_split` along ``ax``."""
+    half = sub.shape[ax] // 2
+    a, d = sub[_along(ax, slice(0, half))], sub[_along(ax, slice(half, None))]
+    out = np.empty_like(sub)
+    np.add(a, d, out=out[_along(ax, slice(0, None, 2))])
+    np.subtract(a, d, out=out[_along(ax, slice(1, None, 2))])
+    out *= _SQRT_HALF
+    return out
+
+
 def haar_forward(x: np.ndarray, levels: int) -> np.ndarray:
     """Orthonormal 3-D Haar analysis (Mallat layout) of ``x`` over ``levels`` levels.
 
@@ -31,9 +59,7 @@ def haar_forward(x: np.ndarray, levels: int) -> np.ndarray:
         block = tuple(slice(0, k) for k in n)
         sub = c[block]
         for ax in range(3):
-            ev = sub.take(np.arange(0, n[ax], 2), axis=ax)
-            od = sub.take(np.arange(1, n[ax], 2), axis=ax)
-            sub = np.concatenate(((ev + od) * _SQRT_HALF, (ev - od) * _SQRT_HALF), axis=ax)
+            sub = _haar_split(sub, ax)
         c[block] = sub
         n = [k // 2 for k in n]
     return c
@@ -44,21 +70,10 @@ def haar_inverse(c: np.ndarray, levels: int) -> np.ndarray:
     _check_haar_shape(c.shape, levels)
     x = np.array(c, dtype=np.float32, copy=True)
     for lev in range(levels - 1, -1, -1):
-        n = [k >> lev for k in x.shape]
-        block = tuple(slice(0, k) for k in n)
+        block = tuple(slice(0, k >> lev) for k in x.shape)
         sub = x[block]
         for ax in (2, 1, 0):
-            h = n[ax] // 2
-            a = sub.take(np.arange(0, h), axis=ax)
-            d = sub.take(np.arange(h, n[ax]), axis=ax)
-            out = np.empty_like(sub)
-            ev = [slice(None)] * 3
-            od = [slice(None)] * 3
-            ev[ax] = slice(0, None, 2)
-            od[ax] = slice(1, None, 2)
-            out[tuple(ev)] = (a + d) * _SQRT_HALF
-            out[tuple(od)] = (a - d) * _SQRT_HALF
-            sub = out
+            sub = _haar_merge(sub, ax)
         x[block] = sub
     return x
 
