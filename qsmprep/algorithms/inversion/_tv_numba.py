@@ -12,6 +12,12 @@ import numpy as np
 
 
 @numba.njit(inline="always")
+def _wrap(i, n):
+    """Periodic neighbours ``(i + 1, i - 1)`` of index ``i`` on an axis of length ``n``."""
+    return (i + 1 if i + 1 < n else 0), (i - 1 if i > 0 else n - 1)
+
+
+@numba.njit(inline="always")
 def _shrink(p, t):
     if p > t:
         return p - t
@@ -141,14 +147,11 @@ def split_adjoint_update(x, u0, u1, u2, v0, v1, v2, t, ih0, ih1, ih2, out):  # p
     each axis is recomputed from x and the old u, so u must not be updated in place."""
     n0, n1, n2 = x.shape
     for i in numba.prange(n0):
-        ip = i + 1 if i + 1 < n0 else 0
-        im = i - 1 if i > 0 else n0 - 1
+        ip, im = _wrap(i, n0)
         for j in range(n1):
-            jp = j + 1 if j + 1 < n1 else 0
-            jm = j - 1 if j > 0 else n1 - 1
+            jp, jm = _wrap(j, n1)
             for k in range(n2):
-                kp = k + 1 if k + 1 < n2 else 0
-                km = k - 1 if k > 0 else n2 - 1
+                kp, km = _wrap(k, n2)
                 xc = x[i, j, k]
                 p0 = (x[ip, j, k] - xc) * ih0 + u0[i, j, k]
                 p1 = (x[i, jp, k] - xc) * ih1 + u1[i, j, k]
@@ -213,14 +216,11 @@ def grad_t_weighted_grad(v, c0, c1, c2, ih0, ih1, ih2, out):  # pragma: no cover
     difference ``(v[i+1] - v[i]) / h`` of :func:`._common.grad` and ``c`` per axis."""
     n0, n1, n2 = v.shape
     for i in numba.prange(n0):
-        ip = i + 1 if i + 1 < n0 else 0
-        im = i - 1 if i > 0 else n0 - 1
+        ip, im = _wrap(i, n0)
         for j in range(n1):
-            jp = j + 1 if j + 1 < n1 else 0
-            jm = j - 1 if j > 0 else n1 - 1
+            jp, jm = _wrap(j, n1)
             for k in range(n2):
-                kp = k + 1 if k + 1 < n2 else 0
-                km = k - 1 if k > 0 else n2 - 1
+                kp, km = _wrap(k, n2)
                 x = v[i, j, k]
                 a0 = (x - v[im, j, k]) * c0[im, j, k] - (v[ip, j, k] - x) * c0[i, j, k]
                 a1 = (x - v[i, jm, k]) * c1[i, jm, k] - (v[i, jp, k] - x) * c1[i, j, k]
