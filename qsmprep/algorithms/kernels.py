@@ -79,19 +79,27 @@ def dipole_kernel(
     """
     b = _check_b0_dir(b0_direction)
     k = kspace_grid(shape, voxel_size_mm, real=real)
-    k2 = k[0] ** 2 + k[1] ** 2 + k[2] ** 2
     # On an even grid the Nyquist bin stands for both +k_N and -k_N. For an oblique B0 the
     # cross terms k_i k_j b_i b_j differ in sign between the two, which would break the
     # Hermitian symmetry of D (a real image would get a non-physical Nyquist-frequency field).
     # Averaging over both signs drops the cross terms of the Nyquist components.
     nyq = [np.isclose(np.abs(ki), 0.5 / float(h)) & (int(n) % 2 == 0)
            for ki, h, n in zip(k, voxel_size_mm, shape, strict=True)]  # fmt: skip
-    kb = sum(np.where(ny, 0.0, ki) * bi for ki, bi, ny in zip(k, b, nyq, strict=True))
-    kb2 = kb**2 + sum(
-        np.where(ny, ki, 0.0) ** 2 * bi**2 for ki, bi, ny in zip(k, b, nyq, strict=True)
-    )
+    # The 1-D and 2-D partial sums are float64; the full grid is touched by a few passes in
+    # the output precision (float32 by default: 1e-7 relative, the precision it is stored in).
+    work = np.result_type(dtype, np.float32)
+    k2 = np.add(k[0] ** 2 + k[1] ** 2, k[2] ** 2, dtype=work)
+    kb = [np.where(ny, 0.0, ki) * bi for ki, bi, ny in zip(k, b, nyq, strict=True)]
+    d = np.add(kb[0] + kb[1], kb[2], dtype=work)  # k . b
+    d *= d
+    for ax, (ki, bi, ny) in enumerate(zip(k, b, nyq, strict=True)):  # Nyquist planes only
+        for j in np.flatnonzero(ny.ravel()):
+            plane = [slice(None)] * 3
+            plane[ax] = slice(int(j), int(j) + 1)
+            d[tuple(plane)] += float(ki.ravel()[j] * bi) ** 2
     with np.errstate(invalid="ignore", divide="ignore"):
-        d = 1.0 / 3.0 - kb2 / k2
+        np.divide(d, k2, out=d)
+    np.subtract(1.0 / 3.0, d, out=d)
     d[0, 0, 0] = 0.0
     return d.astype(dtype, copy=False)
 
@@ -151,7 +159,6 @@ def laplacian_kernel(shape: Sequence[int], *, voxel_size_mm: Sequence[float]) ->
     ``L(k) = sum_i 2 (cos(2 pi k_i h_i) - 1) / h_i^2``; ``L(0) = 0``.
     """
     k = kspace_grid(shape, voxel_size_mm, real=True)
-    out = np.zeros(np.broadcast_shapes(*(a.shape for a in k)), dtype=np.float64)
-    for ki, h in zip(k, voxel_size_mm, strict=True):
-        out = out + 2.0 * (np.cos(2 * np.pi * ki * float(h)) - 1.0) / float(h) ** 2
-    return out.astype(np.float32)
+    terms = [2.0 * (np.cos(2 * np.pi * ki * float(h)) - 1.0) / float(h) ** 2
+             for ki, h in zip(k, voxel_size_mm, strict=True)]  # fmt: skip
+    return np.add(terms[0] + terms[1], terms[2], dtype=np.float32)  # one full-grid pass
