@@ -226,3 +226,109 @@ def grad_t_weighted_grad(v, c0, c1, c2, ih0, ih1, ih2, out):  # pragma: no cover
                 a1 = (x - v[i, jm, k]) * c1[i, jm, k] - (v[i, jp, k] - x) * c1[i, j, k]
                 a2 = (x - v[i, j, km]) * c2[i, j, km] - (v[i, j, kp] - x) * c2[i, j, k]
                 out[i, j, k] = a0 * ih0 * ih0 + a1 * ih1 * ih1 + a2 * ih2 * ih2
+
+
+@numba.njit(inline="always")
+def _butterfly(a, b):
+    return a + b, a - b
+
+
+@numba.njit(parallel=True, fastmath=False, cache=True)
+def haar_analysis(src, coef, approx, t):  # pragma: no cover - jit
+    """One level of the orthonormal 3-D Haar analysis of ``src`` (shape 2h per axis): for
+    each 2x2x2 block, the sums-then-differences along axes 0, 1, 2 divided by sqrt 8. The
+    average goes to ``approx[i, j, k]``, the 7 details, soft-thresholded at ``t`` (``t = 0``
+    keeps them), to ``coef[i + a h0, j + b h1, k + c h2]`` (Mallat layout; ``coef[:h]`` is
+    not written)."""
+    h0, h1, h2 = approx.shape
+    s = np.float32(0.35355339059327373)  # 1 / sqrt 8
+    for i in numba.prange(h0):
+        for j in range(h1):
+            for k in range(h2):
+                i2, j2, k2 = 2 * i, 2 * j, 2 * k
+                # axis 0
+                l00, h00 = _butterfly(src[i2, j2, k2], src[i2 + 1, j2, k2])
+                l01, h01 = _butterfly(src[i2, j2, k2 + 1], src[i2 + 1, j2, k2 + 1])
+                l10, h10 = _butterfly(src[i2, j2 + 1, k2], src[i2 + 1, j2 + 1, k2])
+                l11, h11 = _butterfly(src[i2, j2 + 1, k2 + 1], src[i2 + 1, j2 + 1, k2 + 1])
+                # axis 1
+                ll0, lh0 = _butterfly(l00, l10)
+                ll1, lh1 = _butterfly(l01, l11)
+                hl0, hh0 = _butterfly(h00, h10)
+                hl1, hh1 = _butterfly(h01, h11)
+                # axis 2
+                c000, c001 = _butterfly(ll0, ll1)
+                c010, c011 = _butterfly(lh0, lh1)
+                c100, c101 = _butterfly(hl0, hl1)
+                c110, c111 = _butterfly(hh0, hh1)
+                approx[i, j, k] = c000 * s
+                coef[i, j, k + h2] = _shrink(c001 * s, t)
+                coef[i, j + h1, k] = _shrink(c010 * s, t)
+                coef[i, j + h1, k + h2] = _shrink(c011 * s, t)
+                coef[i + h0, j, k] = _shrink(c100 * s, t)
+                coef[i + h0, j, k + h2] = _shrink(c101 * s, t)
+                coef[i + h0, j + h1, k] = _shrink(c110 * s, t)
+                coef[i + h0, j + h1, k + h2] = _shrink(c111 * s, t)
+
+
+@numba.njit(parallel=True, fastmath=False, cache=True)
+def haar_synthesis(approx, coef, dst):  # pragma: no cover - jit
+    """Inverse of :func:`haar_analysis` (with ``t = 0``): ``approx`` and the details of
+    ``coef`` back to ``dst`` (shape 2h per axis). The Haar butterfly is its own inverse."""
+    h0, h1, h2 = approx.shape
+    s = np.float32(0.35355339059327373)
+    for i in numba.prange(h0):
+        for j in range(h1):
+            for k in range(h2):
+                i2, j2, k2 = 2 * i, 2 * j, 2 * k
+                # axis 2
+                ll0, ll1 = _butterfly(approx[i, j, k], coef[i, j, k + h2])
+                lh0, lh1 = _butterfly(coef[i, j + h1, k], coef[i, j + h1, k + h2])
+                hl0, hl1 = _butterfly(coef[i + h0, j, k], coef[i + h0, j, k + h2])
+                hh0, hh1 = _butterfly(coef[i + h0, j + h1, k], coef[i + h0, j + h1, k + h2])
+                # axis 1
+                l00, l10 = _butterfly(ll0, lh0)
+                l01, l11 = _butterfly(ll1, lh1)
+                h00, h10 = _butterfly(hl0, hh0)
+                h01, h11 = _butterfly(hl1, hh1)
+                # axis 0
+                a, b = _butterfly(l00, h00)
+                dst[i2, j2, k2], dst[i2 + 1, j2, k2] = a * s, b * s
+                a, b = _butterfly(l01, h01)
+                dst[i2, j2, k2 + 1], dst[i2 + 1, j2, k2 + 1] = a * s, b * s
+                a, b = _butterfly(l10, h10)
+                dst[i2, j2 + 1, k2], dst[i2 + 1, j2 + 1, k2] = a * s, b * s
+                a, b = _butterfly(l11, h11)
+                dst[i2, j2 + 1, k2 + 1], dst[i2 + 1, j2 + 1, k2 + 1] = a * s, b * s
+
+
+@numba.njit(parallel=True, fastmath=False, cache=True)
+def fista_gradient_step(y, g, m, rhs):  # pragma: no cover - jit
+    """``g = y - (m g - rhs)`` in place: the FISTA gradient step from ``g = F^-1(...)``."""
+    n0, n1, n2 = y.shape
+    for i in numba.prange(n0):
+        for j in range(n1):
+            for k in range(n2):
+                g[i, j, k] = y[i, j, k] - (m[i, j, k] * g[i, j, k] - rhs[i, j, k])
+
+
+@numba.njit(parallel=True, fastmath=False, cache=True)
+def fista_momentum(x_new, x, c, m, y):  # pragma: no cover - jit
+    """``y = x_new + c (x_new - x)``; returns ``||m (x_new - x)|| / ||m x_new||``."""
+    n0 = x_new.shape[0]
+    diff = np.zeros(n0)
+    norm = np.zeros(n0)
+    for i in numba.prange(n0):
+        dsum = 0.0
+        nsum = 0.0
+        for j in range(x_new.shape[1]):
+            for k in range(x_new.shape[2]):
+                a = x_new[i, j, k]
+                d = a - x[i, j, k]
+                y[i, j, k] = a + c * d
+                w = np.float64(m[i, j, k])
+                dsum += w * w * np.float64(d) * np.float64(d)
+                nsum += w * w * np.float64(a) * np.float64(a)
+        diff[i] = dsum
+        norm[i] = nsum
+    return np.sqrt(diff.sum()) / max(np.sqrt(norm.sum()), 1e-30)

@@ -13,6 +13,11 @@ from qsmprep.algorithms import fft as _fft
 from qsmprep.algorithms.inversion import _common
 from qsmprep.algorithms.kernels import dipole_kernel
 
+try:  # numba runs each Haar level as one pass over 2x2x2 blocks; optional
+    from qsmprep.algorithms.inversion import _tv_numba as _nb
+except ImportError:  # pragma: no cover - numba missing
+    _nb = None
+
 _SQRT_HALF = np.float32(np.sqrt(0.5))
 
 
@@ -44,15 +49,7 @@ def _haar_merge(sub: np.ndarray, ax: int) -> np.ndarray:
     return out
 
 
-def haar_forward(x: np.ndarray, levels: int) -> np.ndarray:
-    """Orthonormal 3-D Haar analysis (Mallat layout) of ``x`` over ``levels`` levels.
-
-    Each axis of ``x`` must be a multiple of ``2**levels``. At every level the current
-    approximation block ``[:n0, :n1, :n2]`` is split along each axis into averages
-    ``(a + b) / sqrt 2`` (first half) and differences ``(a - b) / sqrt 2`` (second half).
-    The coarsest approximation ends in ``[:n0 >> levels, :n1 >> levels, :n2 >> levels]``.
-    """
-    _check_haar_shape(x.shape, levels)
+def _numpy_forward(x: np.ndarray, levels: int) -> np.ndarray:
     c = np.array(x, dtype=np.float32, copy=True)
     n = list(c.shape)
     for _ in range(levels):
@@ -65,9 +62,7 @@ def haar_forward(x: np.ndarray, levels: int) -> np.ndarray:
     return c
 
 
-def haar_inverse(c: np.ndarray, levels: int) -> np.ndarray:
-    """Inverse (= adjoint) of :func:`haar_forward`."""
-    _check_haar_shape(c.shape, levels)
+def _numpy_inverse(c: np.ndarray, levels: int) -> np.ndarray:
     x = np.array(c, dtype=np.float32, copy=True)
     for lev in range(levels - 1, -1, -1):
         block = tuple(slice(0, k >> lev) for k in x.shape)
@@ -76,6 +71,70 @@ def haar_inverse(c: np.ndarray, levels: int) -> np.ndarray:
             sub = _haar_merge(sub, ax)
         x[block] = sub
     return x
+
+
+def _numba_forward(x: np.ndarray, levels: int, threshold: float = 0.0) -> np.ndarray:
+    """Haar analysis by :func:`._tv_numba.haar_analysis`, one pass per level; details
+    soft-thresholded at ``threshold`` (the coarsest approximation never is)."""
+    t = np.float32(threshold)
+    c = np.empty(x.shape, dtype=np.float32)
+    src = np.ascontiguousarray(x, dtype=np.float32)
+    for lev in range(levels):
+        block = tuple(slice(0, k >> lev) for k in c.shape)
+        approx = np.empty(tuple(k >> (lev + 1) for k in c.shape), dtype=np.float32)
+        _nb.haar_analysis(src, c[block], approx, t)
+        src = approx
+    c[tuple(slice(0, k >> levels) for k in c.shape)] = src
+    return c
+
+
+def _numba_inverse(c: np.ndarray, levels: int) -> np.ndarray:
+    """Haar synthesis by :func:`._tv_numba.haar_synthesis`; ``c`` is not modified."""
+    approx = np.ascontiguousarray(c[tuple(slice(0, k >> levels) for k in c.shape)])
+    for lev in range(levels - 1, -1, -1):
+        block = tuple(slice(0, k >> lev) for k in c.shape)
+        dst = np.empty(tuple(k >> lev for k in c.shape), dtype=np.float32)
+        _nb.haar_synthesis(approx, c[block], dst)
+        approx = dst
+    return approx
+
+
+def haar_forward(x: np.ndarray, levels: int) -> np.ndarray:
+    """Orthonormal 3-D Haar analysis (Mallat layout) of ``x`` over ``levels`` levels.
+
+    Each axis of ``x`` must be a multiple of ``2**levels``. At every level the current
+    approximation block ``[:n0, :n1, :n2]`` is split along each axis into averages
+    ``(a + b) / sqrt 2`` (first half) and differences ``(a - b) / sqrt 2`` (second half).
+    The coarsest approximation ends in ``[:n0 >> levels, :n1 >> levels, :n2 >> levels]``.
+    With numba each level is one pass over 2x2x2 blocks, else three numpy passes.
+    """
+    _check_haar_shape(x.shape, levels)
+    if _nb is not None:
+        return _numba_forward(x, levels)
+    return _numpy_forward(x, levels)
+
+
+def haar_inverse(c: np.ndarray, levels: int) -> np.ndarray:
+    """Inverse (= adjoint) of :func:`haar_forward`."""
+    _check_haar_shape(c.shape, levels)
+    if _nb is not None:
+        return _numba_inverse(c, levels)
+    return _numpy_inverse(c, levels)
+
+
+def haar_shrink(v: np.ndarray, levels: int, threshold: float) -> np.ndarray:
+    """``W^T shrink(W v, threshold)`` with the coarsest approximation band kept: the proximal
+    map of ``threshold ||W v||_1`` over the details. With numba the thresholding happens
+    inside the analysis pass."""
+    _check_haar_shape(v.shape, levels)
+    if _nb is not None:
+        return _numba_inverse(_numba_forward(v, levels, threshold), levels)
+    c = _numpy_forward(v, levels)
+    coarse = tuple(slice(0, k >> levels) for k in v.shape)
+    keep = c[coarse].copy()
+    c = _common.shrink(c, threshold)
+    c[coarse] = keep
+    return _numpy_inverse(c, levels)
 
 
 def _check_haar_shape(shape: Sequence[int], levels: int) -> None:
@@ -107,28 +166,27 @@ def _fista(
 ) -> tuple[np.ndarray, int]:
     """FISTA, step 1, on ``1/2 ||K F M x - b||^2 + lam ||W x||_1``; returns (x, iterations)."""
     m = p.mask.astype(np.float32)
-    coarse = tuple(slice(0, k >> levels) for k in p.shape)
-    thr = np.float32(lam)
-
-    def prox(v):
-        c = haar_forward(v, levels)
-        keep = c[coarse].copy()  # the coarsest approximation is not penalised
-        c = _common.shrink(c, thr)
-        c[coarse] = keep
-        return haar_inverse(c, levels)
-
     x = np.zeros_like(rhs)
     y = x
     t = 1.0
     it = 0
     while it < max_iterations:
         it += 1
-        grad = m * p.ifft(band * p.fft(m * y)) - rhs
-        x_new = prox(y - grad)
+        g = p.ifft(band * p.fft(m * y))
+        if _nb is not None:
+            _nb.fista_gradient_step(y, g, m, rhs)  # g = y - (m g - rhs)
+        else:
+            g = y - (m * g - rhs)
+        x_new = haar_shrink(g, levels, lam)
         t_new = 0.5 * (1.0 + np.sqrt(1.0 + 4.0 * t * t))
-        diff = x_new - x
-        y = x_new + np.float32((t - 1.0) / t_new) * diff
-        change = float(np.linalg.norm(m * diff)) / max(float(np.linalg.norm(m * x_new)), 1e-30)
+        c = np.float32((t - 1.0) / t_new)
+        if _nb is not None:
+            y = np.empty_like(x_new)
+            change = float(_nb.fista_momentum(x_new, x, c, m, y))
+        else:
+            diff = x_new - x
+            y = x_new + c * diff
+            change = float(np.linalg.norm(m * diff)) / max(float(np.linalg.norm(m * x_new)), 1e-30)
         x, t = x_new, t_new
         if change < tol:
             break
