@@ -332,3 +332,37 @@ def fista_momentum(x_new, x, c, m, y):  # pragma: no cover - jit
         diff[i] = dsum
         norm[i] = nsum
     return np.sqrt(diff.sum()) / max(np.sqrt(norm.sum()), 1e-30)
+
+
+@numba.njit(parallel=True, fastmath=False, cache=True)
+def weighted_grad(v, c0, c1, c2, ih0, ih1, ih2, out):  # pragma: no cover - jit
+    """``out[a] = c_a * grad_a v`` (periodic forward differences, 1/mm) into ``out``
+    shaped ``(3, *v.shape)``, in one pass."""
+    n0, n1, n2 = v.shape
+    for i in numba.prange(n0):
+        ip, _ = _wrap(i, n0)
+        for j in range(n1):
+            jp, _ = _wrap(j, n1)
+            for k in range(n2):
+                kp, _ = _wrap(k, n2)
+                x = v[i, j, k]
+                out[0, i, j, k] = c0[i, j, k] * (v[ip, j, k] - x) * ih0
+                out[1, i, j, k] = c1[i, j, k] * (v[i, jp, k] - x) * ih1
+                out[2, i, j, k] = c2[i, j, k] * (v[i, j, kp] - x) * ih2
+
+
+@numba.njit(parallel=True, fastmath=False, cache=True)
+def weighted_grad_adjoint(r, c0, c1, c2, ih0, ih1, ih2, out):  # pragma: no cover - jit
+    """``out = grad^T (c r)`` for ``r`` shaped ``(3, *out.shape)``: the adjoint of
+    :func:`weighted_grad`, in one pass."""
+    n0, n1, n2 = out.shape
+    for i in numba.prange(n0):
+        _, im = _wrap(i, n0)
+        for j in range(n1):
+            _, jm = _wrap(j, n1)
+            for k in range(n2):
+                _, km = _wrap(k, n2)
+                a0 = c0[im, j, k] * r[0, im, j, k] - c0[i, j, k] * r[0, i, j, k]
+                a1 = c1[i, jm, k] * r[1, i, jm, k] - c1[i, j, k] * r[1, i, j, k]
+                a2 = c2[i, j, km] * r[2, i, j, km] - c2[i, j, k] * r[2, i, j, k]
+                out[i, j, k] = a0 * ih0 + a1 * ih1 + a2 * ih2

@@ -21,6 +21,29 @@ from scipy.sparse.linalg import LinearOperator, lsmr, lsqr
 from qsmprep.algorithms.inversion import _common
 from qsmprep.algorithms.kernels import smv_kernel
 
+try:  # numba applies the weighted gradient and its adjoint in one pass each; optional
+    from qsmprep.algorithms.inversion import _tv_numba as _nb
+except ImportError:  # pragma: no cover - numba missing
+    _nb = None
+
+
+def _weighted_grad(v: np.ndarray, wg: list, h) -> np.ndarray:
+    """``[w_a grad_a v]`` as one float32 array shaped ``(3, *v.shape)``."""
+    if _nb is not None:
+        out = np.empty((3, *v.shape), dtype=np.float32)
+        _nb.weighted_grad(v, *wg, *[np.float32(1.0 / x) for x in h], out)
+        return out
+    return np.stack([w * g for w, g in zip(wg, _common.grad(v, h), strict=True)])
+
+
+def _weighted_grad_adjoint(r: np.ndarray, wg: list, h) -> np.ndarray:
+    """Adjoint of :func:`_weighted_grad`: ``grad^T (w r)``."""
+    if _nb is not None:
+        out = np.empty(r.shape[1:], dtype=np.float32)
+        _nb.weighted_grad_adjoint(r, *wg, *[np.float32(1.0 / x) for x in h], out)
+        return out
+    return _common.grad_adjoint([w * ri for w, ri in zip(wg, r, strict=True)], h)
+
 
 def _ramp_down(values: np.ndarray, inside: np.ndarray, low_pct: float, high_pct: float):
     """1 below the ``low_pct`` percentile of ``values[inside]``, 0 above ``high_pct``,
@@ -41,8 +64,8 @@ def _lsqr_step(p: _common.InversionProblem, tol: float, iterations: int) -> np.n
     sw = np.sqrt(_laplacian_weights(p))
     d, shape = p.kernel, p.shape
 
-    def conv(v):  # F^-1 D F v (self-adjoint: D is real and even)
-        return p.ifft(p.fft(v.reshape(shape)) * d)
+    def conv(v):  # F^-1 D F v (self-adjoint: D is real and even); LSQR's vectors are
+        return p.ifft(p.fft(np.asarray(v, np.float32).reshape(shape)) * d)  # float64
 
     op = LinearOperator(
         (sw.size, sw.size),
@@ -87,17 +110,15 @@ def _artefact_step(p, x1, x_fs, *, delta: float, tol: float, iterations: int) ->
         return p.ifft(p.fft(v) * cone)
 
     def matvec(v):
-        g = _common.grad(project(v.reshape(shape)), h)
-        return np.concatenate([(w * gi).ravel() for w, gi in zip(wg, g, strict=True)])
+        v = np.asarray(v, dtype=np.float32)  # LSMR's vectors are float64: FFT in float32
+        return _weighted_grad(project(v.reshape(shape)), wg, h).ravel()
 
     def rmatvec(r):
-        r = r.reshape((3, *shape))
-        return project(
-            _common.grad_adjoint([w * ri for w, ri in zip(wg, r, strict=True)], h)
-        ).ravel()
+        r = np.asarray(r, dtype=np.float32).reshape((3, *shape))
+        return project(_weighted_grad_adjoint(r, wg, h)).ravel()
 
     op = LinearOperator((3 * n, n), matvec=matvec, rmatvec=rmatvec, dtype=np.float32)
-    rhs = np.concatenate([(w * g).ravel() for w, g in zip(wg, _common.grad(x1, h), strict=True)])
+    rhs = _weighted_grad(x1, wg, h).ravel()
     with np.errstate(over="ignore"):
         y = lsmr(op, rhs, atol=tol, btol=tol, conlim=0.0, maxiter=iterations)[0]
     return y.reshape(shape).astype(np.float32) * p.mask
