@@ -18,6 +18,11 @@ import numpy.typing as npt
 from qsmprep.algorithms.inversion import _common
 from qsmprep.algorithms.inversion.total_variation import _admm_tv
 
+try:  # numba fuses the L1 split step into one pass; optional
+    from qsmprep.algorithms.inversion import _tv_numba as _nb
+except ImportError:  # pragma: no cover - numba missing
+    _nb = None
+
 
 def _admm_l1(
     p: _common.InversionProblem, *, lam: float, rho: float, tol: float, max_iterations: int
@@ -34,16 +39,24 @@ def _admm_l1(
     x = p.ifft(data)
     u = np.zeros_like(x)
     z = np.zeros_like(x)
+    rho_inv_den = np.float32(rho) * inv_den
+    w = np.empty_like(x) if _nb is not None else None
     it = 0
     while it < max_iterations:
         it += 1
-        z_new = _common.shrink(x + u, lam / rho) * m
-        u += x - z_new
-        change = np.linalg.norm(z_new - z) / max(float(np.linalg.norm(z_new)), 1e-30)
-        z = z_new
+        if _nb is not None:  # one pass: z, u, w = z - u and the change
+            change = float(_nb.l1_split(x, u, z, m, np.float32(lam / rho), w))
+        else:
+            z_new = _common.shrink(x + u, lam / rho) * m
+            u += x - z_new
+            change = np.linalg.norm(z_new - z) / max(float(np.linalg.norm(z_new)), 1e-30)
+            z = z_new
+            w = z - u
         if change < tol:
             break
-        x = p.ifft(data + np.float32(rho) * p.fft(z - u) * inv_den)
+        spectrum = p.fft(w)
+        _common.scale_add(spectrum, rho_inv_den, data)  # (D F f + rho F(z - u)) / den
+        x = p.ifft(spectrum)
     return z, it
 
 
