@@ -9,6 +9,11 @@ import os
 # before the OpenMP runtime starts, so here; a value the user set is kept.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from qsmprep import _malloc  # noqa: E402
 from qsmprep.__about__ import __version__  # noqa: E402
 
-__all__ = ["__version__"]
+# Large freed arrays stay in the process instead of being unmapped and faulted in again at the
+# next FFT (glibc only; QSMPREP_MALLOC_TUNING=0 opts out). See qsmprep/_malloc.py.
+MALLOC_TUNED = _malloc.tune()
+
+__all__ = ["MALLOC_TUNED", "__version__"]
