@@ -226,6 +226,17 @@ def scale_add(spectrum: np.ndarray, weight: np.ndarray, offset: np.ndarray) -> N
     spectrum += offset
 
 
+def spectra_step(fa: np.ndarray, fr: np.ndarray, wa, wr, cd) -> None:
+    """x-step in k-space, in place: ``X = wa fa + wr fr`` into ``fa``, ``cd X`` into ``fr``
+    (one pass with numba)."""
+    if _nb is not None:
+        _nb.spectra_step(fa, fr, wa, wr, cd)
+        return
+    fa *= wa
+    fa += wr * fr
+    np.multiply(cd, fa, out=fr)
+
+
 def relative_change(new: np.ndarray, old: np.ndarray) -> float:
     """``||new - old|| / ||new||`` (one fused pass with numba)."""
     if _nb is not None:

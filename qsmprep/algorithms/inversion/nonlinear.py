@@ -121,26 +121,33 @@ def _admm_nltv(p, w, *, lam, rho, mu, s, tol, max_iterations, newton_steps):
     den = np.float32(mu) * d * d + np.float32(rho) * p.grad_sq()
     den[0, 0, 0] = 1.0  # the mean is undetermined; keep it 0
     inv_den = (1.0 / den).astype(np.float32)
+    del den
+    w_data = (np.float32(mu) * d * inv_den).astype(np.float32)  # mu D / den
+    w_tv = (np.float32(rho) * inv_den).astype(np.float32)  # rho / den
+    del inv_den
     w2 = (w * w).astype(np.float32)
     z, u1 = f.copy(), np.zeros_like(f)
     u2 = [np.zeros_like(f) for _ in range(3)]
-    w_y = [np.zeros_like(f) for _ in range(3)]  # y - u2
+    spare = [np.empty_like(f) for _ in range(3)]  # the next u2
+    adj = None  # grad^T (y - u2) of the last split step
     x, it = None, 0
     while it < max_iterations:
         it += 1
-        rhs = np.float32(mu) * d * p.fft(z - u1)
-        if it > 1:
-            rhs += np.float32(rho) * p.fft(_common.split_adjoint(w_y, h))
-        xk = rhs * inv_den
+        xk = p.fft(z - u1)
+        if adj is None:  # y = u2 = 0: no TV term yet
+            xk *= w_data
+            dk = d * xk
+        else:  # X = (mu D F(z - u1) + rho F(grad^T (y - u2))) / den; D X
+            dk = p.fft(adj)
+            _common.spectra_step(xk, dk, w_data, w_tv, d)
         x_new = p.ifft(xk)
-        _common.split_update(x_new, u2, w_y, lam / rho, h)
-        dx = p.ifft(d * xk)
+        adj = _common.split_adjoint_update(x_new, u2, spare, lam / rho, h)
+        u2, spare = spare, u2
+        dx = p.ifft(dk)
         _data_step(z, dx, u1, f, w2, mu, s, newton_steps)
-        if x is not None:
-            change = np.linalg.norm(x_new - x) / max(float(np.linalg.norm(x_new)), 1e-30)
-            if change < tol:
-                x = x_new
-                break
+        if x is not None and _common.relative_change(x_new, x) < tol:
+            x = x_new
+            break
         x = x_new
     return x, it
 

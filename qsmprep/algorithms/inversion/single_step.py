@@ -131,7 +131,7 @@ def single_step_tv(
     spare = [np.empty_like(x) for _ in range(3)]  # the next u2
     for it in range(max_iterations):
         spectrum, cd_spectrum = p.fft(data_in), p.fft(support_in)
-        _spectra_step(spectrum, cd_spectrum, data_weight, inv_den, cd)
+        _common.spectra_step(spectrum, cd_spectrum, data_weight, inv_den, cd)
         x_new = p.ifft(spectrum)
         data_in = p.ifft(cd_spectrum)  # C D x, turned into the next a - u1 in place
         _data_step(data_in, u1, b, a_inv_den, rho1)
@@ -152,16 +152,6 @@ def default_regularization(voxel_size_mm: Sequence[float]) -> float:
     """The default TV weight lambda (ppm*mm) of :func:`single_step_tv`:
     ``VOXEL_REGULARIZATION * h``, ``h`` the geometric-mean voxel size (mm)."""
     return VOXEL_REGULARIZATION * float(np.prod(np.asarray(voxel_size_mm, float))) ** (1 / 3)
-
-
-def _spectra_step(fa, fr, wa, wr, cd) -> None:
-    """x-step in k-space, in place: ``X = wa fa + wr fr`` into ``fa``, ``cd X`` into ``fr``."""
-    if _common._nb is not None:
-        _common._nb.spectra_step(fa, fr, wa, wr, cd)
-        return
-    fa *= wa
-    fa += wr * fr
-    np.multiply(cd, fa, out=fr)
 
 
 def _data_step(v, u, b, inv_den, rho) -> None:
