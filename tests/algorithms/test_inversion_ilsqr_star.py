@@ -158,8 +158,8 @@ def test_weighted_gradient_and_its_adjoint(engine, monkeypatch):
     """iLSQR step 3's operator ``w grad`` (numba kernel or numpy) equals the written-out
     forward differences, and its adjoint passes the dot-product test."""
     if engine == "numpy":
-        monkeypatch.setattr(ilsqr_mod, "_nb", None)
-    elif ilsqr_mod._nb is None:
+        monkeypatch.setattr(_common, "_nb", None)
+    elif _common._nb is None:
         pytest.skip("numba is not installed")
     rng = np.random.default_rng(5)
     shape, h = (7, 8, 9), (1.0, 2.0, 0.5)
@@ -179,10 +179,10 @@ def test_weighted_gradient_and_its_adjoint(engine, monkeypatch):
 def test_star_numpy_fallback_gives_the_same_map(axial, estimates, monkeypatch):
     """STAR's L1 split runs as one numba pass; without numba the numpy steps give the same
     map (the kernel keeps z, u, w = z - u and the change of z)."""
-    if star_mod._nb is None:
+    if _common._nb is None:
         pytest.skip("numba is not installed")
     ph, _, f = axial
-    monkeypatch.setattr(star_mod, "_nb", None)
+    monkeypatch.setattr(_common, "_nb", None)
     plain = star_mod.star(f, ph.brain_mask, voxel_size_mm=VOX)
     ref = estimates["star"]
     assert np.abs(plain - ref).max() < 1e-4 * np.abs(ref).max()

@@ -10,6 +10,7 @@ import pytest
 from conftest import noisy_local_field
 
 from qsmprep.algorithms import metrics, simulate
+from qsmprep.algorithms.inversion import _common
 from qsmprep.algorithms.inversion.incomplete_spectrum import isqsm
 from qsmprep.algorithms.inversion.incomplete_spectrum_l1 import (
     haar_forward,
@@ -58,11 +59,10 @@ def test_wrong_b0_direction_breaks_accuracy(axial):
 @pytest.fixture(params=["numba", "numpy"])
 def engine(request, monkeypatch):
     """Run a test with the numba Haar/FISTA kernels and again with the numpy fallback."""
-    from qsmprep.algorithms.inversion import incomplete_spectrum_l1 as mod
 
     if request.param == "numpy":
-        monkeypatch.setattr(mod, "_nb", None)
-    elif mod._nb is None:
+        monkeypatch.setattr(_common, "_nb", None)
+    elif _common._nb is None:
         pytest.skip("numba is not installed")
     return request.param
 
@@ -96,10 +96,9 @@ def test_numba_haar_and_shrink_match_the_axis_by_axis_numpy_transform(levels):
     """The one-pass 2x2x2 kernels give the numpy transform (three axis passes per level),
     and the fused prox equals: analyse, soft-threshold the details, keep the coarsest band,
     synthesise."""
-    from qsmprep.algorithms.inversion import _common
     from qsmprep.algorithms.inversion import incomplete_spectrum_l1 as mod
 
-    if mod._nb is None:
+    if _common._nb is None:
         pytest.skip("numba is not installed")
     rng = np.random.default_rng(levels)
     x = rng.normal(size=(16, 24, 40)).astype(np.float32)
@@ -118,12 +117,11 @@ def test_numba_haar_and_shrink_match_the_axis_by_axis_numpy_transform(levels):
 
 def test_numpy_fallback_gives_the_same_map(axial, estimate, monkeypatch):
     """Without numba (Haar levels and FISTA steps in numpy) the result is the same."""
-    from qsmprep.algorithms.inversion import incomplete_spectrum_l1 as mod
 
-    if mod._nb is None:
+    if _common._nb is None:
         pytest.skip("numba is not installed")
     ph, _, f = axial
-    monkeypatch.setattr(mod, "_nb", None)
+    monkeypatch.setattr(_common, "_nb", None)
     plain = isqsm_l1(f, ph.brain_mask, voxel_size_mm=VOX)
     assert np.abs(plain - estimate).max() < 1e-4 * np.abs(estimate).max()
 

@@ -21,26 +21,21 @@ from scipy.sparse.linalg import LinearOperator, lsmr, lsqr
 from qsmprep.algorithms.inversion import _common
 from qsmprep.algorithms.kernels import smv_kernel
 
-try:  # numba applies the weighted gradient and its adjoint in one pass each; optional
-    from qsmprep.algorithms.inversion import _tv_numba as _nb
-except ImportError:  # pragma: no cover - numba missing
-    _nb = None
-
 
 def _weighted_grad(v: np.ndarray, wg: list, h) -> np.ndarray:
     """``[w_a grad_a v]`` as one float32 array shaped ``(3, *v.shape)``."""
-    if _nb is not None:
+    if _common._nb is not None:
         out = np.empty((3, *v.shape), dtype=np.float32)
-        _nb.weighted_grad(v, *wg, *[np.float32(1.0 / x) for x in h], out)
+        _common._nb.weighted_grad(v, *wg, *[np.float32(1.0 / x) for x in h], out)
         return out
     return np.stack([w * g for w, g in zip(wg, _common.grad(v, h), strict=True)])
 
 
 def _weighted_grad_adjoint(r: np.ndarray, wg: list, h) -> np.ndarray:
     """Adjoint of :func:`_weighted_grad`: ``grad^T (w r)``."""
-    if _nb is not None:
+    if _common._nb is not None:
         out = np.empty(r.shape[1:], dtype=np.float32)
-        _nb.weighted_grad_adjoint(r, *wg, *[np.float32(1.0 / x) for x in h], out)
+        _common._nb.weighted_grad_adjoint(r, *wg, *[np.float32(1.0 / x) for x in h], out)
         return out
     return _common.grad_adjoint([w * ri for w, ri in zip(wg, r, strict=True)], h)
 

@@ -13,11 +13,6 @@ from qsmprep.algorithms import fft as _fft
 from qsmprep.algorithms.inversion import _common
 from qsmprep.algorithms.kernels import dipole_kernel
 
-try:  # numba runs each Haar level as one pass over 2x2x2 blocks; optional
-    from qsmprep.algorithms.inversion import _tv_numba as _nb
-except ImportError:  # pragma: no cover - numba missing
-    _nb = None
-
 _SQRT_HALF = np.float32(np.sqrt(0.5))
 
 
@@ -82,7 +77,7 @@ def _numba_forward(x: np.ndarray, levels: int, threshold: float = 0.0) -> np.nda
     for lev in range(levels):
         block = tuple(slice(0, k >> lev) for k in c.shape)
         approx = np.empty(tuple(k >> (lev + 1) for k in c.shape), dtype=np.float32)
-        _nb.haar_analysis(src, c[block], approx, t)
+        _common._nb.haar_analysis(src, c[block], approx, t)
         src = approx
     c[tuple(slice(0, k >> levels) for k in c.shape)] = src
     return c
@@ -94,7 +89,7 @@ def _numba_inverse(c: np.ndarray, levels: int) -> np.ndarray:
     for lev in range(levels - 1, -1, -1):
         block = tuple(slice(0, k >> lev) for k in c.shape)
         dst = np.empty(tuple(k >> lev for k in c.shape), dtype=np.float32)
-        _nb.haar_synthesis(approx, c[block], dst)
+        _common._nb.haar_synthesis(approx, c[block], dst)
         approx = dst
     return approx
 
@@ -109,7 +104,7 @@ def haar_forward(x: np.ndarray, levels: int) -> np.ndarray:
     With numba each level is one pass over 2x2x2 blocks, else three numpy passes.
     """
     _check_haar_shape(x.shape, levels)
-    if _nb is not None:
+    if _common._nb is not None:
         return _numba_forward(x, levels)
     return _numpy_forward(x, levels)
 
@@ -117,7 +112,7 @@ def haar_forward(x: np.ndarray, levels: int) -> np.ndarray:
 def haar_inverse(c: np.ndarray, levels: int) -> np.ndarray:
     """Inverse (= adjoint) of :func:`haar_forward`."""
     _check_haar_shape(c.shape, levels)
-    if _nb is not None:
+    if _common._nb is not None:
         return _numba_inverse(c, levels)
     return _numpy_inverse(c, levels)
 
@@ -127,7 +122,7 @@ def haar_shrink(v: np.ndarray, levels: int, threshold: float) -> np.ndarray:
     map of ``threshold ||W v||_1`` over the details. With numba the thresholding happens
     inside the analysis pass."""
     _check_haar_shape(v.shape, levels)
-    if _nb is not None:
+    if _common._nb is not None:
         return _numba_inverse(_numba_forward(v, levels, threshold), levels)
     c = _numpy_forward(v, levels)
     coarse = tuple(slice(0, k >> levels) for k in v.shape)
@@ -173,16 +168,16 @@ def _fista(
     while it < max_iterations:
         it += 1
         g = p.ifft(band * p.fft(m * y))
-        if _nb is not None:
-            _nb.fista_gradient_step(y, g, m, rhs)  # g = y - (m g - rhs)
+        if _common._nb is not None:
+            _common._nb.fista_gradient_step(y, g, m, rhs)  # g = y - (m g - rhs)
         else:
             g = y - (m * g - rhs)
         x_new = haar_shrink(g, levels, lam)
         t_new = 0.5 * (1.0 + np.sqrt(1.0 + 4.0 * t * t))
         c = np.float32((t - 1.0) / t_new)
-        if _nb is not None:
+        if _common._nb is not None:
             y = np.empty_like(x_new)
-            change = float(_nb.fista_momentum(x_new, x, c, m, y))
+            change = float(_common._nb.fista_momentum(x_new, x, c, m, y))
         else:
             diff = x_new - x
             y = x_new + c * diff

@@ -23,9 +23,10 @@ def _lsmr_gain(d: np.ndarray, magnitude: np.ndarray, iterations: int) -> np.ndar
     measure is gathered into ``_LSMR_BINS`` bins of ``d``'s range (weight ``sum b_i^2`` at the
     weighted mean ``d`` of each bin: the moments LSMR's degree-``2 iterations`` polynomials see
     are exact to the bins' variance, 1e-10 of the range squared), LSMR runs on those
-    (at most 65536) entries, and ``r`` is read on a uniform grid of ``d`` carried along with a weight
-    of 1e-100 (too small to change any scalar). ``r`` is then linearly interpolated at every
-    ``d_i``: a few passes over the spectrum instead of ``2 iterations`` passes of float64 vectors.
+    (at most 65536) entries, and ``r`` is read on a uniform grid of ``d`` carried along with
+    a weight of 1e-100 (too small to change any scalar). ``r`` is then linearly interpolated
+    at every ``d_i``: a few passes over the spectrum instead of ``2 iterations`` passes of
+    float64 vectors.
     """
     lo, hi = float(d.min()), float(d.max())
     if hi <= lo:  # a constant kernel (degenerate grid): one bin

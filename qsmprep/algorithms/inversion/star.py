@@ -18,11 +18,6 @@ import numpy.typing as npt
 from qsmprep.algorithms.inversion import _common
 from qsmprep.algorithms.inversion.total_variation import _admm_tv
 
-try:  # numba fuses the L1 split step into one pass; optional
-    from qsmprep.algorithms.inversion import _tv_numba as _nb
-except ImportError:  # pragma: no cover - numba missing
-    _nb = None
-
 
 def _admm_l1(
     p: _common.InversionProblem, *, lam: float, rho: float, tol: float, max_iterations: int
@@ -40,12 +35,12 @@ def _admm_l1(
     u = np.zeros_like(x)
     z = np.zeros_like(x)
     rho_inv_den = np.float32(rho) * inv_den
-    w = np.empty_like(x) if _nb is not None else None
+    w = np.empty_like(x) if _common._nb is not None else None
     it = 0
     while it < max_iterations:
         it += 1
-        if _nb is not None:  # one pass: z, u, w = z - u and the change
-            change = float(_nb.l1_split(x, u, z, m, np.float32(lam / rho), w))
+        if _common._nb is not None:  # one pass: z, u, w = z - u and the change
+            change = float(_common._nb.l1_split(x, u, z, m, np.float32(lam / rho), w))
         else:
             z_new = _common.shrink(x + u, lam / rho) * m
             u += x - z_new
