@@ -310,3 +310,28 @@ def test_rts_lsmr_on_the_magnitude_equals_lsmr_on_the_spectrum(axial):
         np.abs(rapid_two_step._well_conditioned_step(p, 4) - plain).max()
         > 1e-2 * np.abs(plain).max()
     )
+
+
+@pytest.mark.parametrize("engine", ["numba", "numpy"])
+def test_rts_x_step_solves_its_normal_equation(engine, monkeypatch):
+    # RTS step 2's x-step: (well + rho |G|^2) X = data + rho S in one pass, k = 0 kept at
+    # data + rho S (no data, no penalty there).
+    from qsmprep.algorithms.inversion import rapid_two_step
+
+    if engine == "numpy":
+        monkeypatch.setattr(_common, "_nb", None)
+    elif _common._nb is None:
+        pytest.skip("numba is not installed")
+    rng = np.random.default_rng(3)
+    shape = (6, 7, 4)
+    spectrum = (rng.normal(size=shape) + 1j * rng.normal(size=shape)).astype(np.complex64)
+    data = (rng.normal(size=shape) + 1j * rng.normal(size=shape)).astype(np.complex64)
+    well = np.where(rng.random(shape) > 0.5, np.float32(1e5), np.float32(0))
+    g2 = rng.random(shape).astype(np.float32) + np.float32(0.1)
+    well[0, 0, 0] = g2[0, 0, 0] = 0
+    rho = np.float32(50.0)
+    expected = (data + rho * spectrum) / (well + rho * g2 + (well + g2 == 0))
+    got = spectrum.copy()
+    rapid_two_step._weighted_solve(got, data, well, g2, rho)
+    np.testing.assert_allclose(got, expected, rtol=2e-6, atol=0)
+    assert got[0, 0, 0] == pytest.approx(data[0, 0, 0] + rho * spectrum[0, 0, 0], rel=1e-6)

@@ -140,6 +140,20 @@ def spectra_step(fa, fr, wa, wr, cd):  # pragma: no cover - jit
 
 
 @numba.njit(parallel=True, fastmath=False, cache=True)
+def weighted_solve(spectrum, data, well, g2, rho):  # pragma: no cover - jit
+    """RTS x-step in k-space, in place: spectrum = (data + rho spectrum) / (well + rho g2),
+    with a zero denominator (k = 0 when ``well`` is 0 there) read as 1."""
+    n0, n1, n2 = spectrum.shape
+    for i in numba.prange(n0):
+        for j in range(n1):
+            for k in range(n2):
+                den = well[i, j, k] + rho * g2[i, j, k]
+                if den == 0:
+                    den = np.float32(1.0)
+                spectrum[i, j, k] = (data[i, j, k] + rho * spectrum[i, j, k]) / den
+
+
+@numba.njit(parallel=True, fastmath=False, cache=True)
 def split_adjoint_update(x, u0, u1, u2, v0, v1, v2, t, ih0, ih1, ih2, out):  # pragma: no cover
     """The TV split step and its adjoint in one pass, without storing ``w``:
     p = grad x + u, z = shrink(p, t), v = p - z (the new u, into the spare arrays v), and

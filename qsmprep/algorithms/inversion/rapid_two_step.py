@@ -72,6 +72,21 @@ def _well_conditioned_step(p: _common.InversionProblem, iterations: int) -> np.n
     return x * p.mask
 
 
+def _weighted_solve(spectrum, data, well, g2, rho) -> None:
+    """``spectrum = (data + rho spectrum) / (well + rho g2)`` in place (one numba pass); the
+    denominator is 0 only at ``k = 0``, where there is no data and no penalty: read as 1, so
+    the mean stays 0."""
+    if _common._nb is not None:
+        _common._nb.weighted_solve(spectrum, data, well, g2, rho)
+        return
+    den = rho * g2
+    den += well
+    den[den == 0] = 1.0
+    spectrum *= rho
+    spectrum += data
+    spectrum /= den
+
+
 def _tv_cone_fill(
     p: _common.InversionProblem,
     x1: np.ndarray,
@@ -97,7 +112,7 @@ def _tv_cone_fill(
     x = x1
     u = [np.zeros_like(x) for _ in range(3)]
     w = [np.empty_like(x) for _ in range(3)]  # y - u
-    residual, rho_inv_den, data_den = np.inf, None, None
+    residual = np.inf
     it = 0
     while it < max_iterations:
         it += 1
@@ -108,16 +123,8 @@ def _tv_cone_fill(
             for ui, wi in zip(u, w, strict=True):  # scaled dual u / gamma; w = y - u follows
                 wi += ui * np.float32(1.0 - 1.0 / gamma)
                 ui /= np.float32(gamma)
-            rho_inv_den = None
-        if rho_inv_den is None:
-            rho_inv_den = np.float32(rho) * g2
-            rho_inv_den += well
-            rho_inv_den[0, 0, 0] = 1.0  # k = 0 is neither data nor penalised: keep mean 0
-            np.divide(np.float32(rho), rho_inv_den, out=rho_inv_den)  # rho / den
-            data_den = data * (rho_inv_den * np.float32(1.0 / rho))  # mu K X1 / den
-        adj = _common.split_adjoint(w, h)
-        spectrum = p.fft(adj)
-        _common.scale_add(spectrum, rho_inv_den, data_den)  # (mu K X1 + rho F adj) / den
+        spectrum = p.fft(_common.split_adjoint(w, h))
+        _weighted_solve(spectrum, data, well, g2, np.float32(rho))
         x_new = p.ifft(spectrum)
         change = _common.relative_change(x_new, x)
         x = x_new
