@@ -30,7 +30,14 @@ import numpy.typing as npt
 import scipy.sparse as sp
 from scipy import ndimage
 
-from qsmprep.algorithms.fft import crop_to, fast_shape, irfftn, pad_to, rfftn
+from qsmprep.algorithms.fft import (
+    crop_to,
+    fast_shape,
+    irfftn,
+    pad_to,
+    parseval_weight,
+    rfftn,
+)
 from qsmprep.algorithms.kernels import _check_b0_dir, dipole_kernel, smv_kernel
 
 __all__ = [
@@ -340,8 +347,9 @@ def resharp(
     ``f_L = M_r argmin_x || M_r C (x - f) ||_2^2 + lambda ||x||_2^2`` with ``C = delta - S_r``
     the SMV high-pass of ``radius_mm`` and ``M_r`` the mask eroded by that sphere, solved by
     conjugate gradient on the normal equations ``(C M_r C + lambda I) x = C M_r C f``
-    (``C`` is symmetric; 4 FFTs per iteration). ``lambda`` is dimensionless: ``C`` has
-    unit gain at high spatial frequency, as in Sun & Wilman's normalisation.
+    (``C`` is symmetric), run on the scaled spectrum of ``x``: 2 FFTs per iteration.
+    ``lambda`` is dimensionless: ``C`` has unit gain at high spatial frequency, as in Sun &
+    Wilman's normalisation.
 
     Parameters
     ----------
@@ -371,12 +379,24 @@ def resharp(
     box, fc, mc, eroded, shape = _crop_and_erode(f, m, vox, r)
     hp = 1.0 - smv_kernel(shape, voxel_size_mm=vox, radius_mm=r)
     me = pad_to(eroded, shape).astype(np.float32)
+    # CG on Z = s F x (parseval_weight: an isometry, so the same iterates as on x), stored
+    # as float32 pairs: C x = F^-1(C Z / s) and its adjoint s C F take one FFT each, so an
+    # iteration costs 2 FFTs instead of 4.
+    s = parseval_weight(shape)
+    to_image, to_spectrum = hp / s, hp * s
 
-    def normal(x):
-        return _conv(me * _conv(x, hp, shape), hp, shape) + lam * x
+    def c_of(z):  # C x
+        return irfftn(to_image * z.view(np.complex64), shape).astype(np.float32, copy=False)
 
-    b = _conv(me * _conv(pad_to(fc, shape), hp, shape), hp, shape)
-    x, _, _ = _cg(normal, b, tol=tol, max_iter=max_iter)
+    def c_adjoint(image):  # s C F image, as float32 pairs
+        return (to_spectrum * rfftn(image)).astype(np.complex64, copy=False).view(np.float32)
+
+    def normal(z):
+        return c_adjoint(me * c_of(z)) + lam * z
+
+    b = c_adjoint(me * _conv(pad_to(fc, shape), hp, shape))
+    z, _, _ = _cg(normal, b, tol=tol, max_iter=max_iter)
+    x = irfftn(z.view(np.complex64) / s, shape).astype(np.float32, copy=False)
     return _paste(m.shape, box, crop_to(x, fc.shape), eroded)
 
 

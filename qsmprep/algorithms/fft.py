@@ -66,3 +66,24 @@ def kspace_grid(
         view[i] = k.size
         axes.append(k.reshape(view))
     return axes
+
+
+def parseval_weight(shape: Sequence[int]) -> np.ndarray:
+    """``s = sqrt(c / N)`` on the rfft half spectrum of a real grid ``shape`` (``N`` voxels;
+    ``c`` = 1 on the last axis's self-conjugate planes, index 0 and ``n / 2`` for even ``n``,
+    2 elsewhere), shaped to broadcast (float32).
+
+    ``Z = s rfftn(x)`` is an isometry: ``sum x^2 = sum |Z|^2``. As a real-linear map of the
+    real and imaginary parts, the adjoint of ``Z -> irfftn(Z / s)`` is ``x -> s rfftn(x)``.
+    A Krylov solver (CG, LSQR, LSMR) can so iterate on ``Z``, viewed as float32 pairs: where
+    its operator starts or ends with a real, even k-space factor ``K`` (``irfftn(K Z / s)``,
+    adjoint ``s K rfftn``), each product costs one FFT fewer, and the iterates are the
+    images' own mapped by the isometry (they stay in its range, as ``K`` is Hermitian).
+    """
+    n = int(np.prod(shape))
+    last = shape[-1]
+    c = np.full(last // 2 + 1, 2.0)
+    c[0] = 1.0
+    if last % 2 == 0:
+        c[-1] = 1.0
+    return np.sqrt(c / n).astype(np.float32).reshape((1,) * (len(shape) - 1) + (-1,))
