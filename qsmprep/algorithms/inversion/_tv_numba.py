@@ -19,23 +19,25 @@ def _wrap(i, n):
 
 @numba.njit(inline="always")
 def _shrink(p, t):
-    if p > t:
-        return p - t
-    if p < -t:
-        return p + t
-    return np.float32(0.0)
+    """Soft threshold ``p - clip(p, -t, t)`` (exact; 0 inside ``[-t, t]``). Without branches
+    the loops vectorise instead of mispredicting on noisy data: ``split_update`` on
+    192x240x240 random input 122 -> 25 ms (with its row-wise float32 residual sum)."""
+    return p - min(max(p, -t), t)
 
 
 @numba.njit(parallel=True, fastmath=False, cache=True)
 def split_update(x, u0, u1, u2, w0, w1, w2, t, ih0, ih1, ih2):  # pragma: no cover - jit
     """z = shrink(grad x + u, t); u = grad x + u - z; w = z - u (in place). Returns
-    sum |grad x - z|_2 over the voxels (an unconditional reduction keeps the loop parallel)."""
+    sum |grad x - z|_2 over the voxels: float32 along a row (so the row vectorises), float64
+    across rows."""
     n0, n1, n2 = x.shape
-    total = 0.0
+    rows = np.zeros(n0)
     for i in numba.prange(n0):
         ip = i + 1 if i + 1 < n0 else 0
+        total = 0.0
         for j in range(n1):
             jp = j + 1 if j + 1 < n1 else 0
+            row = np.float32(0.0)
             for k in range(n2):
                 kp = k + 1 if k + 1 < n2 else 0
                 xc = x[i, j, k]
@@ -54,8 +56,10 @@ def split_update(x, u0, u1, u2, w0, w1, w2, t, ih0, ih1, ih2):  # pragma: no cov
                 w0[i, j, k] = s0 - (p0 - s0)
                 w1[i, j, k] = s1 - (p1 - s1)
                 w2[i, j, k] = s2 - (p2 - s2)
-                total += np.sqrt((g0 - s0) ** 2 + (g1 - s1) ** 2 + (g2 - s2) ** 2)
-    return total
+                row += np.sqrt((g0 - s0) ** 2 + (g1 - s1) ** 2 + (g2 - s2) ** 2)
+            total += row
+        rows[i] = total
+    return rows.sum()
 
 
 @numba.njit(parallel=True, fastmath=False, cache=True)
