@@ -55,15 +55,16 @@ def _laplacian_weights(p: _common.InversionProblem) -> np.ndarray:
     return _ramp_down(lap, p.mask, 60.0, 99.9)
 
 
-def _half_spectrum(v: np.ndarray, kshape) -> np.ndarray:
-    """A Krylov vector (float64, real and imaginary parts interleaved) as a complex64 half
-    spectrum shaped ``kshape``."""
-    return np.asarray(v, dtype=np.float32).view(np.complex64).reshape(kshape)
+def _scatter(values: np.ndarray, at: np.ndarray, size: int, dtype) -> np.ndarray:
+    """A flat ``size`` array of ``dtype``, 0 except ``values`` at the flat indices ``at``."""
+    out = np.zeros(size, dtype)
+    out[at] = values
+    return out
 
 
-def _image(v: np.ndarray, shape) -> np.ndarray:
-    """A Krylov vector (float64) as a float32 array shaped ``shape``: FFTs run in float32."""
-    return np.asarray(v, dtype=np.float32).reshape(shape)
+def _complex(z: np.ndarray) -> np.ndarray:
+    """A Krylov vector (float64, real and imaginary parts interleaved) as complex64."""
+    return np.asarray(z, dtype=np.float32).view(np.complex64)
 
 
 def _lsqr_step(p: _common.InversionProblem, tol: float, iterations: int) -> np.ndarray:
@@ -71,22 +72,28 @@ def _lsqr_step(p: _common.InversionProblem, tol: float, iterations: int) -> np.n
 
     LSQR runs on ``Z = s F x`` (:func:`qsmprep.algorithms.fft.parseval_weight`), an
     isometric change of variables: the same iterates as on ``x``, one FFT per product
-    instead of two."""
+    instead of two. Its residual keeps only the rows where ``W > 0`` (the others are 0 in
+    every product), so LSQR's own vector work runs on the mask's voxels, not the box's."""
     sw = np.sqrt(_laplacian_weights(p))
+    rows = np.flatnonzero(sw)
+    sw_rows = sw.ravel()[rows]
     s = parseval_weight(p.shape)
     d_fwd, d_adj = p.kernel / s, p.kernel * s  # Z -> W^1/2 F^-1 D Z / s; r -> s D F W^1/2 r
-    kshape = p.kernel.shape
-    op = LinearOperator(
-        (sw.size, 2 * d_fwd.size),
-        matvec=lambda z: (sw * p.ifft(d_fwd * _half_spectrum(z, kshape))).ravel(),
-        rmatvec=lambda r: (d_adj * p.fft(sw * _image(r, sw.shape))).view(np.float32).ravel(),
-        dtype=np.float32,
-    )
+    kshape, n = p.kernel.shape, sw.size
+
+    def matvec(z):
+        return p.ifft(d_fwd * _complex(z).reshape(kshape)).ravel()[rows] * sw_rows
+
+    def rmatvec(r):
+        image = _scatter(sw_rows * r, rows, n, np.float32).reshape(p.shape)
+        return (d_adj * p.fft(image)).view(np.float32).ravel()
+
+    op = LinearOperator((rows.size, 2 * d_fwd.size), matvec=matvec, rmatvec=rmatvec,
+                        dtype=np.float32)  # fmt: skip
+    rhs = p.field_ppm.ravel()[rows] * sw_rows
     with np.errstate(over="ignore"):  # the condition estimate overflows float32; unused
-        z = lsqr(
-            op, (sw * p.field_ppm).ravel(), atol=tol, btol=tol, conlim=0.0, iter_lim=iterations
-        )[0]
-    return p.ifft(_half_spectrum(z, kshape) / s) * p.mask
+        z = lsqr(op, rhs, atol=tol, btol=tol, conlim=0.0, iter_lim=iterations)[0]
+    return p.ifft(_complex(z).reshape(kshape) / s) * p.mask
 
 
 def _fast_qsm(p: _common.InversionProblem, f_hat: np.ndarray, smv_radius_mm: float):
@@ -113,23 +120,31 @@ def _artefact_step(p, x1, x_fs, *, delta: float, tol: float, iterations: int) ->
     50th percentile, per axis) to 0 (above the 70th)."""
     h, shape, n = p.voxel_size_mm, p.shape, x1.size
     wg = [_ramp_down(np.abs(g), p.mask, 50.0, 70.0) for g in _common.grad(x_fs, h)]
-    cone = (np.abs(p.kernel) < delta).astype(np.float32)
-    s = parseval_weight(shape)
-    c_fwd, c_adj = cone / s, cone * s  # LSMR on Z = s F y, one FFT per product
-    kshape = cone.shape
+    # LSMR on Z = s F y (one FFT per product), restricted to the cone's entries of Z (the
+    # others are 0 in every product) and to the rows where W_g > 0: the same iterates, with
+    # LSMR's vector work on ~18 % of k-space and the masked voxels instead of the whole box.
+    kshape = p.kernel.shape
+    cone = np.flatnonzero(np.abs(p.kernel) < delta)
+    s_cone = parseval_weight(shape).ravel()[cone % kshape[-1]]  # s varies along the last axis
+    rows = np.flatnonzero(np.stack(wg))
+    size_k = int(np.prod(kshape))
 
     def matvec(z):
-        return _weighted_grad(p.ifft(c_fwd * _half_spectrum(z, kshape)), wg, h).ravel()
+        spectrum = _scatter(_complex(z) / s_cone, cone, size_k, np.complex64).reshape(kshape)
+        return _weighted_grad(p.ifft(spectrum), wg, h).ravel()[rows]
 
     def rmatvec(r):
-        r = _image(r, (3, *shape))
-        return (c_adj * p.fft(_weighted_grad_adjoint(r, wg, h))).view(np.float32).ravel()
+        r = _scatter(r, rows, 3 * n, np.float32).reshape((3, *shape))
+        spectrum = p.fft(_weighted_grad_adjoint(r, wg, h)).ravel()[cone]
+        return (spectrum * s_cone).view(np.float32)
 
-    op = LinearOperator((3 * n, 2 * cone.size), matvec=matvec, rmatvec=rmatvec, dtype=np.float32)
-    rhs = _weighted_grad(x1, wg, h).ravel()
+    op = LinearOperator((rows.size, 2 * cone.size), matvec=matvec, rmatvec=rmatvec,
+                        dtype=np.float32)  # fmt: skip
+    rhs = _weighted_grad(x1, wg, h).ravel()[rows]
     with np.errstate(over="ignore"):
         z = lsmr(op, rhs, atol=tol, btol=tol, conlim=0.0, maxiter=iterations)[0]
-    return p.ifft(_half_spectrum(z, kshape) / s) * p.mask
+    spectrum = _scatter(_complex(z) / s_cone, cone, size_k, np.complex64).reshape(kshape)
+    return p.ifft(spectrum) * p.mask
 
 
 def ilsqr(
