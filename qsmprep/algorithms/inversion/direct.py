@@ -123,9 +123,8 @@ def tsvd(
         workers=workers,
     )
     d = p.kernel
-    keep = np.abs(d) > t
     inv = np.zeros_like(d)
-    inv[keep] = 1.0 / d[keep]
+    np.divide(np.float32(1.0), d, out=inv, where=np.abs(d) > t)  # no boolean gather/scatter
     return p.to_image(p.ifft(p.fft(p.field_ppm) * inv))
 
 
