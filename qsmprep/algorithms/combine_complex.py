@@ -23,7 +23,12 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage, stats
 
-from qsmprep.algorithms.combine import FieldFit, _check_inputs, fit_field_linear
+from qsmprep.algorithms.combine import (
+    FieldFit,
+    _check_inputs,
+    field_noise_std_hz,
+    fit_field_linear,
+)
 from qsmprep.algorithms.constants import wrap_to_pi
 from qsmprep.algorithms.unwrap import _check_voxel_size, unwrap_laplacian
 
@@ -97,7 +102,9 @@ def fit_field_nonlinear(
     give ``noise_sigma``, or ``noise_std_hz`` is the factor for ``sigma = 1``). The
     field noise is
     ``noise_std_hz = sigma sqrt([A^-1]_ww) / (2 pi)`` (the Cramer-Rao bound; MEDI's
-    ``N_std`` for ``sigma = 1`` and ``TE`` in echo indices).
+    ``N_std`` for ``sigma = 1`` and ``TE`` in echo indices), computed by
+    :func:`qsmprep.algorithms.combine.field_noise_std_hz` (where the field is undetermined
+    it is the largest float32 instead of ``inf``).
 
     References
     ----------
@@ -145,16 +152,16 @@ def fit_field_nonlinear(
     if noise_sigma is None:
         dof = tes.size - 2
         noise_sigma = float(np.sqrt(np.median(sq) / stats.chi2.median(dof))) if dof > 0 else 1.0
-    inv_ww = np.where(ok, a11 / det, np.inf)
     shape = phase.shape[:3]
-    maps = [np.zeros(shape, np.float32) for _ in range(4)]
+    maps = [np.zeros(shape, np.float32) for _ in range(3)]
     maps[0][m] = w / _TWO_PI
     maps[1][m] = wrap_to_pi(p0 - w * tes.mean())
     maps[2][m] = np.sqrt(np.divide(sq, energy, out=np.zeros_like(sq), where=energy > 0))
-    maps[3][m] = np.minimum(noise_sigma * np.sqrt(inv_ww) / _TWO_PI, np.finfo(np.float32).max)
+    noise = field_noise_std_hz(mag, echo_times_s=tes, mask=m, noise_level=noise_sigma)
     return ComplexFieldFit(
         field_hz=maps[0], phase_offset_rad=maps[1], residual=maps[2],
-        wrap_period_hz=lin.wrap_period_hz, noise_std_hz=maps[3], noise_sigma=float(noise_sigma),
+        wrap_period_hz=lin.wrap_period_hz, noise_std_hz=np.minimum(noise, np.finfo(np.float32).max),
+        noise_sigma=float(noise_sigma),
     )  # fmt: skip
 
 

@@ -101,6 +101,24 @@ def test_magnitude_weights_accepted_and_echoes_combined(method, case):
     assert not np.allclose(a, unweighted)
 
 
+def test_medi_noise_weights_are_inverse_noise_and_inf_means_no_data(case):
+    # W = 1 / noise_std, normalised: noise_std proportional to 1 / magnitude gives the
+    # magnitude weighting exactly; inf (a voxel without signal, as the echo fit reports it)
+    # gives weight 0, like a zero magnitude there. NaN is refused.
+    ph, _, f, mag = case
+    mag = mag.copy()
+    mag[30:33, 30:33, 30:33] = 0.0  # a dark blob inside the brain
+    kw = dict(voxel_size_mm=VOX, magnitude=mag, max_iterations=2, cg_max_iterations=10)
+    by_magnitude = medi(f, ph.brain_mask, **kw)
+    sd = np.where(mag > 0, 3e-3 / np.where(mag > 0, mag, 1), np.inf)
+    by_noise = medi(f, ph.brain_mask, noise_std=sd, **kw)
+    np.testing.assert_allclose(by_noise, by_magnitude, rtol=1e-4, atol=1e-5)
+    flat = medi(f, ph.brain_mask, noise_std=1e-3, **kw)  # uniform W: another map
+    assert np.abs(flat - by_magnitude).max() > 1e-3 * np.abs(by_magnitude).max()
+    with pytest.raises(ValueError, match="noise_std"):
+        medi(f, ph.brain_mask, noise_std=np.where(mag > 0, sd, np.nan), **kw)
+
+
 def test_small_phase_scale_keeps_the_solution(case):
     # the data term is scaled by 1/s^2, so a weaker phase (lower B0 or TE) fits the same chi
     ph, chi, f, _ = case

@@ -63,8 +63,9 @@ def data_weights(
 ) -> np.ndarray:
     """Data weights ``W`` on the padded grid: mean 1 in the mask, 0 outside.
 
-    ``noise_std`` (ppm, scalar or map) gives ``W = 1 / noise_std`` and takes precedence;
-    otherwise ``magnitude`` gives ``W = |magnitude|`` (RSS if 4-D); otherwise ``W = mask``.
+    ``noise_std`` (ppm, scalar or map) gives ``W = 1 / noise_std`` and takes precedence
+    (``inf`` where a voxel has no usable signal: weight 0); otherwise ``magnitude`` gives
+    ``W = |magnitude|`` (RSS if 4-D); otherwise ``W = mask``.
     """
     m = p.mask
     if noise_std is not None:
@@ -73,10 +74,11 @@ def data_weights(
             sd = np.full(p.full_shape, float(sd))
         if sd.shape != p.full_shape:
             raise ValueError(f"noise_std must be a scalar or shaped {p.full_shape}, got {sd.shape}")
-        sd_box = _as_box(p, np.where(np.isfinite(sd), sd, 0.0))
-        if not np.all(sd_box[m] > 0):
-            raise ValueError("noise_std must be positive and finite inside the mask")
-        w = np.where(m, 1.0 / np.where(m, sd_box, 1.0), 0.0)
+        sd_box = np.asarray(sd[p.box], dtype=np.float64)
+        if not np.all(sd_box[_fft.crop_to(m, sd_box.shape)] > 0):  # NaN fails too
+            raise ValueError("noise_std must be positive (or inf) inside the mask")
+        w = _fft.pad_to(1.0 / np.where(sd_box > 0, sd_box, 1.0), p.shape)  # inf -> 0
+        w = np.where(m, w, 0.0)
     elif magnitude is not None:
         w = np.where(m, _as_box(p, rss_magnitude(magnitude, p.full_shape)), 0.0)
     else:
