@@ -31,8 +31,8 @@ import numpy as np
 
 from qsmprep.algorithms import combine, masking
 from qsmprep.algorithms.background import remove_background
-from qsmprep.algorithms.constants import hz_to_ppm, ppm_to_hz
-from qsmprep.algorithms.inversion import invert
+from qsmprep.algorithms.constants import hz_to_ppm, phase_rad_per_ppm, ppm_to_hz
+from qsmprep.algorithms.inversion import USES_FIELD_NOISE, USES_MAGNITUDE, invert
 from qsmprep.algorithms.inversion.single_step import single_step_tv
 from qsmprep.algorithms.kernels import forward_field
 from qsmprep.algorithms.metrics import nrmse
@@ -134,6 +134,23 @@ def front_end(case):
     return mask, total
 
 
+def pipeline_params(inversion: str, case, mask, weights: str) -> dict:
+    """What the pipeline gives a method besides the field (qsmprep/workflows/base.py and
+    qsm.py): magnitude and phase scale for the nonlinear data terms, and for MEDI the echo
+    fit's field noise as ``noise_std`` (``weights="noise"``, the pipeline's choice) or not
+    (``"magnitude"``: W = the magnitude)."""
+    params = {}
+    if inversion in USES_MAGNITUDE:
+        tes = case["tes"]
+        params["magnitude"] = case["mag"]
+        params["phase_scale_rad_per_ppm"] = phase_rad_per_ppm(
+            b0_tesla=case["b0"], echo_time_s=sum(tes) / len(tes))
+    if inversion in USES_FIELD_NOISE and weights == "noise":
+        sd = combine.field_noise_std_hz(case["mag"], echo_times_s=case["tes"], mask=mask)
+        params["noise_std"] = hz_to_ppm(sd, b0_tesla=case["b0"])
+    return params
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--bfr", nargs="+", default=["vsharp", "sharp", "resharp", "ismv", "pdf", "lbv"])
@@ -147,6 +164,9 @@ def main(argv=None):
                    help="keep an axial slab of MM through the brain (partial coverage)")
     p.add_argument("--config", action="append", default=[], metavar="LABEL=METHOD[:k=v,...]",
                    help="a background-removal setting to score beside --bfr")  # fmt: skip
+    p.add_argument("--medi-weights", choices=["noise", "magnitude"], default="noise",
+                   help="MEDI's data weight: the echo fit's field noise (the pipeline's) or "
+                   "the magnitude")  # fmt: skip
     args = p.parse_args(argv)
     from bfr_accuracy import parse_config
 
@@ -178,7 +198,8 @@ def main(argv=None):
             for inv in args.inversion:
                 t0 = time.perf_counter()
                 chi = invert(inv, local_ppm, valid, voxel_size_mm=case["vox"],
-                             b0_direction=case["b0_dir"])  # fmt: skip
+                             b0_direction=case["b0_dir"],
+                             **pipeline_params(inv, case, mask, args.medi_weights))  # fmt: skip
                 dt = time.perf_counter() - t0
                 chi = reference_chi(chi, valid)
                 row.append(f"{nrmse(chi, case['truth'], evaluated):6.1f} ({dt:4.1f})")

@@ -238,8 +238,9 @@ def field_noise_std_hz(
 
     Returns
     -------
-    float32 map (Hz): ``inf`` in mask voxels whose magnitudes leave the field undetermined
-    (signal in fewer than 2 echoes, or none for one echo), 0 outside the mask.
+    float32 map (Hz), 0 outside the mask. In mask voxels whose magnitudes leave the field
+    undetermined (signal in fewer than 2 echoes, or none for one echo) it is the largest
+    float32: a data weight ``1 / sd`` of 0, and still a finite value a NIfTI file can hold.
 
     References
     ----------
@@ -273,5 +274,6 @@ def field_noise_std_hz(
         info[np.count_nonzero(w > 0, axis=1) < 2] = 0.0  # one echo with signal: no slope
     out = np.zeros(m.shape, np.float32)
     with np.errstate(divide="ignore"):
-        out[m] = sigma / (_TWO_PI * np.sqrt(np.maximum(info, 0.0)))
+        sd = sigma / (_TWO_PI * np.sqrt(np.maximum(info, 0.0)))
+    out[m] = np.minimum(sd, np.finfo(np.float32).max)
     return out

@@ -103,8 +103,8 @@ def fit_field_nonlinear(
     field noise is
     ``noise_std_hz = sigma sqrt([A^-1]_ww) / (2 pi)`` (the Cramer-Rao bound; MEDI's
     ``N_std`` for ``sigma = 1`` and ``TE`` in echo indices), computed by
-    :func:`qsmprep.algorithms.combine.field_noise_std_hz` (where the field is undetermined
-    it is the largest float32 instead of ``inf``).
+    :func:`qsmprep.algorithms.combine.field_noise_std_hz` (the largest float32 where the
+    echoes leave the field undetermined).
 
     References
     ----------
@@ -157,11 +157,12 @@ def fit_field_nonlinear(
     maps[0][m] = w / _TWO_PI
     maps[1][m] = wrap_to_pi(p0 - w * tes.mean())
     maps[2][m] = np.sqrt(np.divide(sq, energy, out=np.zeros_like(sq), where=energy > 0))
-    noise = field_noise_std_hz(mag, echo_times_s=tes, mask=m, noise_level=noise_sigma)
+    # noise-free data estimate sigma = 0: keep the relative map (sigma = 1) as a weight
+    noise = field_noise_std_hz(mag, echo_times_s=tes, mask=m,
+                               noise_level=noise_sigma if noise_sigma > 0 else 1.0)  # fmt: skip
     return ComplexFieldFit(
         field_hz=maps[0], phase_offset_rad=maps[1], residual=maps[2],
-        wrap_period_hz=lin.wrap_period_hz, noise_std_hz=np.minimum(noise, np.finfo(np.float32).max),
-        noise_sigma=float(noise_sigma),
+        wrap_period_hz=lin.wrap_period_hz, noise_std_hz=noise, noise_sigma=float(noise_sigma),
     )  # fmt: skip
 
 

@@ -169,6 +169,11 @@ class _CombineOutputSpec(TraitedSpec):
     field_hz = File(exists=True, desc="combined field (Hz), possibly aliased by wrap_period_hz")
     phase_offset = File(exists=True, desc="receive phase offset (rad)")
     residual = File(exists=True, desc="fit residual (rad)")
+    field_sd_hz = File(
+        exists=True,
+        desc="standard deviation of field_hz from the noise (Hz; relative for the linear fit; "
+        "the largest float32 where the echoes leave the field undetermined); only with magnitude",
+    )
     wrap_period_hz = traits.Float(desc="aliasing period of field_hz (Hz)")
 
 
@@ -205,6 +210,12 @@ class EchoCombination(SimpleInterface):
             fit.residual, affine, _out(runtime, "residual.nii.gz")
         )
         self._results["wrap_period_hz"] = float(fit.wrap_period_hz)
+        if mag is not None:  # the complex fit has its own (sigma estimated); else relative
+            sd = getattr(fit, "noise_std_hz", None)
+            if sd is None:
+                sd = combine.field_noise_std_hz(mag, echo_times_s=tes, mask=mask)
+            out = _out(runtime, "field_sd_hz.nii.gz")
+            self._results["field_sd_hz"] = nifti.save(sd, affine, out)
         return runtime
 
 

@@ -63,6 +63,7 @@ class _InvInputSpec(BaseInterfaceInputSpec):
     method = traits.Str("tv", usedefault=True)
     params = traits.Dict(traits.Str, traits.Any, {}, usedefault=True)
     magnitude = File(exists=True, desc="4-D magnitude, for methods that use it")
+    noise_std_hz = File(exists=True, desc="field noise (Hz), MEDI's data weight 1 / noise")
 
 
 class _InvOutputSpec(TraitedSpec):
@@ -85,6 +86,9 @@ class DipoleInversion(SimpleInterface):
         params = dict(self.inputs.params)
         if isdefined(self.inputs.magnitude):
             params["magnitude"] = nifti.load(self.inputs.magnitude)[0]
+        if isdefined(self.inputs.noise_std_hz):
+            sd = nifti.load(self.inputs.noise_std_hz)[0]
+            params["noise_std"] = hz_to_ppm(sd, b0_tesla=self.inputs.b0_tesla)
         chi = invert(
             self.inputs.method, hz_to_ppm(field, b0_tesla=self.inputs.b0_tesla), mask,
             voxel_size_mm=voxel_size, b0_direction=b0_dir, **params,

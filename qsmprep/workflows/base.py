@@ -286,7 +286,8 @@ def init_single_acquisition_wf(
                                ("magnitude_files", "inputnode.magnitude_files")]),
         (field_wf, qsm_wf, [("outputnode.total_field_hz", "inputnode.total_field_hz"),
                             ("outputnode.mask", "inputnode.mask"),
-                            ("outputnode.magnitude", "inputnode.magnitude")] if has_mag else
+                            ("outputnode.magnitude", "inputnode.magnitude"),
+                            ("outputnode.field_sd_hz", "inputnode.field_sd_hz")] if has_mag else
                            [("outputnode.total_field_hz", "inputnode.total_field_hz"),
                             ("outputnode.mask", "inputnode.mask")]),
         (field_wf, ds_wf, [("outputnode.mask", "inputnode.mask"),

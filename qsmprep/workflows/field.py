@@ -79,7 +79,8 @@ def init_field_wf(
                         name="inputnode")  # fmt: skip
     outputnode = pe.Node(
         niu.IdentityInterface(
-            fields=["phase_rad", "magnitude", "mask", "total_field_hz", "fit_residual"]
+            fields=["phase_rad", "magnitude", "mask", "total_field_hz", "fit_residual",
+                    "field_sd_hz"]
         ),
         name="outputnode",
     )
@@ -123,5 +124,6 @@ def init_field_wf(
             (stack, combine, [("out_file", "magnitude")]),
             (stack, unwrap, [("out_file", "magnitude")]),
             (stack, outputnode, [("out_file", "magnitude")]),
+            (combine, outputnode, [("field_sd_hz", "field_sd_hz")]),
         ])  # fmt: skip
     return workflow

@@ -5,7 +5,11 @@ from __future__ import annotations
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from qsmprep.algorithms.inversion import SINGLE_STEP_METHODS, USES_MAGNITUDE
+from qsmprep.algorithms.inversion import (
+    SINGLE_STEP_METHODS,
+    USES_FIELD_NOISE,
+    USES_MAGNITUDE,
+)
 from qsmprep.config import method_parameters
 from qsmprep.interfaces.qsm import BackgroundRemoval, DipoleInversion, Referencing, SingleStepQSM
 
@@ -28,8 +32,8 @@ INVERSION_DESC = {
     "[Fuchs & Shmueli 2023]",
     "ilsqr": "iterative LSQR (iLSQR) [Li 2015]",
     "star": "streaking artifact reduction QSM (STAR-QSM) [Wei 2015]",
-    "medi": "morphology-enabled dipole inversion (MEDI-L1, nonlinear data term, magnitude edges) "
-    "[Liu 2011, 2013]",
+    "medi": "morphology-enabled dipole inversion (MEDI-L1, nonlinear data term weighted by the "
+    "inverse field noise of the echo fit, magnitude edges) [Liu 2011, 2013]",
     "nltv": "nonlinear total-variation inversion (FANSI) [Milovic 2018]",
     "ndi": "nonlinear dipole inversion (NDI) [Polak 2020]",
     "single-step-tv": "single-step total-variation QSM, which fits susceptibility inside the "
@@ -79,8 +83,9 @@ def init_qsm_wf(
 ) -> pe.Workflow:
     """Local field and susceptibility map from a total field.
 
-    Inputs: ``total_field_hz``, ``mask``, ``magnitude`` (optional), ``labels`` (native atlas
-    labels; needed when ``reference`` is a region, whose indices are ``reference_labels``).
+    Inputs: ``total_field_hz``, ``mask``, ``magnitude`` (optional), ``field_sd_hz`` (the echo
+    fit's field noise, optional; MEDI's data weight), ``labels`` (native atlas labels; needed
+    when ``reference`` is a region, whose indices are ``reference_labels``).
     Outputs: ``local_field_hz``, ``qsm_mask`` (where chi is valid), ``chimap`` (ppm). With a
     single-step ``inversion`` chi comes from the total field, and ``bfr`` only makes the
     local field map.
@@ -108,6 +113,8 @@ def init_qsm_wf(
     referencing = _referencing_node(workflow, inputnode, reference, reference_labels, mem_gb)
     if inversion in USES_MAGNITUDE:
         workflow.connect(inputnode, "magnitude", dipole_inversion, "magnitude")
+    if inversion in USES_FIELD_NOISE:  # MEDI's data weight: 1 / the echo fit's field noise
+        workflow.connect(inputnode, "field_sd_hz", dipole_inversion, "noise_std_hz")
     workflow.connect([
         (bg_removal, dipole_inversion, [("out_file", "field_hz"), ("out_mask", "mask")]),
         (dipole_inversion, referencing, [("out_file", "in_file")]),
@@ -122,7 +129,9 @@ def _stage_nodes(workflow, bfr, bfr_params, mem_gb, n_procs) -> tuple[pe.Node, p
     """The input and output nodes, and background removal from the total field to the
     ``local_field_hz`` output (both pipelines write it)."""
     inputnode = pe.Node(
-        niu.IdentityInterface(fields=["total_field_hz", "mask", "magnitude", "labels"]),
+        niu.IdentityInterface(
+            fields=["total_field_hz", "mask", "magnitude", "field_sd_hz", "labels"]
+        ),
         name="inputnode",
     )
     outputnode = pe.Node(niu.IdentityInterface(fields=["local_field_hz", "qsm_mask", "chimap"]),

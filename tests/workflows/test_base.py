@@ -146,3 +146,21 @@ def test_method_params_reach_the_nodes_and_override_the_named_options(tmp_path):
     assert qsm.get_node("bg_removal").inputs.params == {"max_radius_mm": 14.0, "threshold": 0.1}
     inv = qsm.get_node("dipole_inversion").inputs.params
     assert inv == {"threshold": 0.2, "correct_scaling": True}
+
+
+@pytest.mark.parametrize("inversion", ["medi", "tv"])
+def test_medi_is_weighted_by_the_echo_fits_field_noise(tmp_path, inversion):
+    """MEDI's data weight is 1 / the field noise of the echo fit (its toolbox's N_std): the
+    echo combination's ``field_sd_hz`` reaches the inversion's ``noise_std_hz``; other
+    methods do not take it."""
+    wf = init_single_acquisition_wf(_acq(tmp_path), output_dir=str(tmp_path / "out"),
+                                    bids_dir=str(tmp_path), inversion=inversion)  # fmt: skip
+    field_wf, qsm_wf = wf.get_node("field_wf"), wf.get_node("qsm_wf")
+    assert ("outputnode.field_sd_hz", "inputnode.field_sd_hz") in wf._graph.get_edge_data(
+        field_wf, qsm_wf
+    )["connect"]
+    combine, out = field_wf.get_node("echo_combination"), field_wf.get_node("outputnode")
+    assert ("field_sd_hz", "field_sd_hz") in field_wf._graph.get_edge_data(combine, out)["connect"]
+    inode, inv = qsm_wf.get_node("inputnode"), qsm_wf.get_node("dipole_inversion")
+    edge = qsm_wf._graph.get_edge_data(inode, inv) or {"connect": []}
+    assert (("field_sd_hz", "noise_std_hz") in edge["connect"]) == (inversion == "medi")

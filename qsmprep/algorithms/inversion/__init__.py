@@ -65,6 +65,9 @@ SINGLE_STEP_METHODS: dict[str, Callable[..., tuple[np.ndarray, np.ndarray]]] = {
 
 #: Methods whose data term uses the magnitude (weights, edges) and the phase scale.
 USES_MAGNITUDE = ("medi", "nltv", "ndi")
+#: Methods that weight their data term by ``1 / noise_std``, the echo fit's field noise
+#: (:func:`qsmprep.algorithms.combine.field_noise_std_hz`): MEDI, as its toolbox does.
+USES_FIELD_NOISE = ("medi",)
 
 #: The pipeline's default: most accurate on every simulated case, including those its
 #: parameters were not tuned on (``benchmarks/inversion_accuracy.py``).
@@ -103,6 +106,8 @@ __all__ = [
     "DEFAULT_METHOD",
     "INVERSION_METHODS",
     "SINGLE_STEP_METHODS",
+    "USES_FIELD_NOISE",
+    "USES_MAGNITUDE",
     "invert",
     "isqsm",
     "rts",

@@ -1,0 +1,52 @@
+"""The echo-combination interface writes the field noise that MEDI weights its data by."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from nipype.interfaces.base import isdefined
+
+from qsmprep.algorithms.combine import field_noise_std_hz
+from qsmprep.interfaces import nifti
+from qsmprep.interfaces.field import EchoCombination
+
+TES = [0.005, 0.01, 0.015]
+
+
+@pytest.fixture
+def echoes(tmp_path):
+    rng = np.random.default_rng(0)
+    shape = (6, 5, 4, len(TES))
+    mag = rng.uniform(0.5, 2.0, shape[:3])[..., None] * np.exp(-np.array(TES) / 0.03)
+    phase = np.angle(np.exp(1j * (0.2 + 2 * np.pi * 7.0 * np.array(TES)))) * np.ones(shape)
+    mask = np.ones(shape[:3], bool)
+    mask[0] = False
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    files = {name: nifti.save(data, affine, tmp_path / f"{name}.nii.gz")
+             for name, data in (("phase", phase), ("mag", mag), ("mask", mask))}  # fmt: skip
+    return files, mag, mask
+
+
+@pytest.mark.parametrize("method", ["linear-fit", "nonlinear-fit"])
+def test_echo_combination_writes_the_field_noise(tmp_path, echoes, method, monkeypatch):
+    files, mag, mask = echoes
+    monkeypatch.chdir(tmp_path)
+    res = EchoCombination(phase=files["phase"], magnitude=files["mag"], mask=files["mask"],
+                          echo_times_s=TES, method=method).run()  # fmt: skip
+    sd = nifti.load(res.outputs.field_sd_hz)[0]
+    assert np.all(sd[~mask] == 0) and np.all(sd[mask] > 0)
+    # the weights' shape is the propagation formula's; the complex fit also estimates sigma
+    # (noise-free data here: a tiny sigma), so compare up to one factor
+    expected = field_noise_std_hz(mag, echo_times_s=TES, mask=mask)
+    ratio = sd[mask] / expected[mask]
+    np.testing.assert_allclose(ratio, ratio[0], rtol=1e-4)
+    if method == "linear-fit":
+        assert ratio[0] == pytest.approx(1.0, rel=1e-5)  # relative map (sigma = 1)
+    assert nifti.load(res.outputs.field_hz)[0][mask] == pytest.approx(7.0, abs=1e-3)
+
+
+def test_echo_combination_without_magnitude_has_no_field_noise(tmp_path, echoes, monkeypatch):
+    files, _, _ = echoes
+    monkeypatch.chdir(tmp_path)
+    res = EchoCombination(phase=files["phase"], mask=files["mask"], echo_times_s=TES).run()
+    assert not isdefined(res.outputs.field_sd_hz)
