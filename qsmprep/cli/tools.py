@@ -13,6 +13,7 @@ one stage of the pipeline without a BIDS dataset::
     qsmprep-tools invert   --field LOCAL.nii.gz --mask MASK -o CHI.nii.gz [--algorithm tv]
                            [--field-units {ppm,hz,rad}] [--b0-tesla T] [--te-s TE]
                            [--b0-dir X Y Z] [--param KEY=VALUE ...]
+                           [--magnitude MAG.nii.gz] [--noise-std SD.nii.gz]
     qsmprep-tools r2star   --magnitude M1 [M2 ...] --te-s TE1 [TE2 ...] [--mask MASK]
                            -o R2STAR.nii.gz [--t2star-out T2STAR.nii.gz] [--method auto]
     qsmprep-tools swi      --magnitude MAG.nii.gz --phase PHASE.nii.gz -o SWI.nii.gz
@@ -106,7 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``qsmprep-tools`` parser with its subcommands (no side effects)."""
     from qsmprep.__about__ import __version__
     from qsmprep.algorithms.background import BFR_METHODS
-    from qsmprep.algorithms.inversion import INVERSION_METHODS, SINGLE_STEP_METHODS
+    from qsmprep.algorithms.inversion import (
+        INVERSION_METHODS,
+        SINGLE_STEP_METHODS,
+        USES_FIELD_NOISE,
+        USES_MAGNITUDE,
+    )
     from qsmprep.algorithms.r2star import R2STAR_METHODS
     from qsmprep.algorithms.swi import SWI_SUPPRESS
     from qsmprep.algorithms.unwrap import UNWRAP_METHODS
@@ -146,6 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--b0-tesla", type=float, metavar="T", help="field strength (T)")
     p.add_argument("--te-s", type=float, metavar="TE", help="echo time (s) of a rad field")
+    p.add_argument("--magnitude", metavar="MAG.nii.gz",
+                   help="magnitude (3-D, or 4-D with echoes last) for --algorithm "
+                   f"{', '.join(USES_MAGNITUDE)}: data weights (and MEDI's edge mask)")  # fmt: skip
+    p.add_argument("--noise-std", metavar="SD.nii.gz",
+                   help="field noise map in the unit of --field (e.g. MEDI's N_std, or the "
+                   f"echo fit's) for --algorithm {', '.join(USES_FIELD_NOISE)}: data weight "
+                   "1 / noise, which takes precedence over the magnitude's")  # fmt: skip
     _add_b0_dir(p)
     _add_param(p, "regularization=2e-4")
 
@@ -264,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------------------------
 def _input_paths(args) -> list[str]:
     paths = []
-    for name in ("field", "mask", "phase", "magnitude"):
+    for name in ("field", "mask", "phase", "magnitude", "noise_std"):
         value = getattr(args, name, None)
         if value is None:
             continue
@@ -299,6 +312,12 @@ def _validate(args) -> None:
             raise _UsageError(f"--b0-tesla must be positive, got {args.b0_tesla}")
         if args.te_s is not None and not 0 < args.te_s <= 1:
             raise _UsageError(f"--te-s must be in seconds (0 < TE <= 1), got {args.te_s}")
+        from qsmprep.algorithms.inversion import USES_FIELD_NOISE, USES_MAGNITUDE
+
+        for flag, users in (("magnitude", USES_MAGNITUDE), ("noise_std", USES_FIELD_NOISE)):
+            if getattr(args, flag) and args.algorithm not in users:
+                raise _UsageError(f"--{flag.replace('_', '-')} is used by --algorithm "
+                                  f"{', '.join(users)} only, not {args.algorithm}")  # fmt: skip
     if getattr(args, "b0_dir", None) is not None:
         b = np.asarray(args.b0_dir, float)
         if not np.all(np.isfinite(b)) or not np.linalg.norm(b) > 0:
@@ -353,6 +372,21 @@ def _load_mask(path: str, shape: tuple, affine: np.ndarray, ref: str) -> np.ndar
     if not mask.any():
         raise ValueError(f"{path}: mask is empty (no nonzero voxel)")
     return mask
+
+
+def _load_on_grid(path: str, shape: tuple, affine: np.ndarray, ref: str, what: str, *,
+                  ndim: int = 4) -> np.ndarray:  # fmt: skip
+    """A 3-D image (or, up to ``ndim``, 4-D with echoes last) on the grid of ``ref``."""
+    from qsmprep.interfaces import nifti
+
+    data, other = nifti.load(path)
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim not in range(3, ndim + 1) or data.shape[:3] != tuple(shape):
+        raise ValueError(f"{path}: {what} shape {data.shape} does not match {ref} {tuple(shape)}")
+    if not np.allclose(other, affine, atol=1e-3):
+        raise ValueError(f"{path}: {what} affine differs from that of {ref} (different grid)")
+    return data
 
 
 def _voxel_size_mm(affine: np.ndarray) -> np.ndarray:
@@ -425,15 +459,30 @@ def _run_invert(args) -> None:
         field = field / (2.0 * np.pi * args.te_s)  # phase of one echo -> Hz
     if args.field_units in ("hz", "rad"):
         field = constants.hz_to_ppm(field, b0_tesla=args.b0_tesla)
+    params = dict(args.params)
+    if args.magnitude:
+        mag = _load_on_grid(args.magnitude, field.shape, affine, args.field, "magnitude")
+        if not np.all(np.isfinite(mag[mask]) & (mag[mask] >= 0)):
+            raise ValueError(f"{args.magnitude}: magnitude must be finite and >= 0 in the mask")
+        params["magnitude"] = mag
+    if args.noise_std:
+        sd = _load_on_grid(args.noise_std, field.shape, affine, args.field, "noise map", ndim=3)
+        if not np.all(sd[mask] > 0):
+            raise ValueError(f"{args.noise_std}: noise map must be positive inside the mask")
+        if args.field_units == "rad":
+            sd = sd / (2.0 * np.pi * args.te_s)
+        if args.field_units in ("hz", "rad"):
+            sd = constants.hz_to_ppm(sd, b0_tesla=args.b0_tesla)
+        params["noise_std"] = sd
     voxel_size_mm = _voxel_size_mm(affine)
     b0_dir = b0_direction_voxel(affine, args.b0_dir)
     field = np.where(mask, field, 0).astype(np.float32)
     if args.algorithm in SINGLE_STEP_METHODS:  # the total field: background removal included
         chi, valid = SINGLE_STEP_METHODS[args.algorithm](
-            field, mask, voxel_size_mm=voxel_size_mm, b0_direction=b0_dir, **args.params)
+            field, mask, voxel_size_mm=voxel_size_mm, b0_direction=b0_dir, **params)  # fmt: skip
     else:
         chi = invert(args.algorithm, field, mask, voxel_size_mm=voxel_size_mm,
-                     b0_direction=b0_dir, **args.params)  # fmt: skip
+                     b0_direction=b0_dir, **params)  # fmt: skip
         valid = mask
     items = [(chi, affine, args.output, np.float32)]
     if args.mask_out:

@@ -405,3 +405,44 @@ def test_param_reaches_the_method(case, tmp_path, capsys):
     rough = {k: float(np.abs(np.diff(v, axis=0))[brain[1:] & brain[:-1]].mean())
              for k, v in chis.items()}  # fmt: skip
     assert rough["1e-2"] < 0.7 * rough["4e-4"]
+
+
+def test_invert_medi_takes_a_magnitude_and_a_noise_map(case, tmp_path):
+    # MEDI's data weight is 1 / noise (normalised): a noise map proportional to 1 / magnitude
+    # gives the magnitude's weighting, in any unit; the magnitude also sets the edge mask.
+    ph, affine = case["ph"], case["affine"]
+    mag = ph.m0 * np.exp(-ph.r2star_3t * 0.02) + 0.05
+    mag_file = nifti.save(mag, affine, tmp_path / "mag.nii.gz")
+    sd_file = nifti.save(2e-3 / mag, affine, tmp_path / "sd_ppm.nii.gz")
+    common = ["--field", case["local"], "--mask", case["mask"], "--algorithm", "medi",
+              "--param", "max_iterations=2", "--param", "cg_max_iterations=10"]  # fmt: skip
+    outs = {k: tmp_path / f"chi_{k}.nii.gz" for k in ("mag", "noise", "plain")}
+    assert main(["invert", *common, "--magnitude", mag_file, "-o", str(outs["mag"])]) == 0
+    assert main(["invert", *common, "--magnitude", mag_file, "--noise-std", sd_file,
+                 "-o", str(outs["noise"])]) == 0  # fmt: skip
+    assert main(["invert", *common, "-o", str(outs["plain"])]) == 0
+    chi = {k: nifti.load(v)[0] for k, v in outs.items()}
+    np.testing.assert_allclose(chi["noise"], chi["mag"], rtol=1e-4, atol=1e-5)
+    assert np.abs(chi["plain"] - chi["mag"]).max() > 1e-3 * np.abs(chi["mag"]).max()
+
+
+@pytest.mark.parametrize(("flag", "algorithm"), [("--noise-std", "tv"), ("--noise-std", "nltv"),
+                                                 ("--magnitude", "tv")])  # fmt: skip
+def test_weights_for_a_method_that_ignores_them_are_a_usage_error(case, tmp_path, capsys, flag,
+                                                                   algorithm):  # fmt: skip
+    out = tmp_path / "chi.nii.gz"
+    rc = main(["invert", "--field", case["local"], "--mask", case["mask"], "-o", str(out),
+               "--algorithm", algorithm, flag, case["local"]])  # fmt: skip
+    assert rc == 2
+    assert f"{flag} is used by --algorithm" in _one_error_line(capsys)
+    assert not out.exists()
+
+
+def test_noise_map_on_another_grid_fails_naming_the_file(case, tmp_path, capsys):
+    out = tmp_path / "chi.nii.gz"
+    rc = main(["invert", "--field", case["local"], "--mask", case["mask"], "-o", str(out),
+               "--algorithm", "medi", "--noise-std", case["small_mask"]])  # fmt: skip
+    assert rc == 1
+    line = _one_error_line(capsys)
+    assert "small_mask.nii.gz" in line and "noise map shape" in line
+    assert not out.exists()
