@@ -151,7 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
         "one echo, field = phase / (2 pi TE) Hz (needs --te-s and --b0-tesla)",
     )  # fmt: skip
     p.add_argument("--b0-tesla", type=float, metavar="T", help="field strength (T)")
-    p.add_argument("--te-s", type=float, metavar="TE", help="echo time (s) of a rad field")
+    p.add_argument("--te-s", type=float, metavar="TE",
+                   help="echo time (s) of a rad field; with --b0-tesla it also sets the phase "
+                   f"scale of {', '.join(USES_MAGNITUDE)} (2 pi gamma B0 TE; e.g. the mean TE; "
+                   "default 3 T and 20 ms)")  # fmt: skip
     p.add_argument("--magnitude", metavar="MAG.nii.gz",
                    help="magnitude (3-D, or 4-D with echoes last) for --algorithm "
                    f"{', '.join(USES_MAGNITUDE)}: data weights (and MEDI's edge mask)")  # fmt: skip
@@ -449,7 +452,7 @@ def _save_all(items: Sequence[tuple[np.ndarray, np.ndarray, str, type]]) -> None
 # --------------------------------------------------------------------------------------------
 def _run_invert(args) -> None:
     from qsmprep.algorithms import constants
-    from qsmprep.algorithms.inversion import SINGLE_STEP_METHODS, invert
+    from qsmprep.algorithms.inversion import SINGLE_STEP_METHODS, USES_MAGNITUDE, invert
 
     field, affine = _load3d(args.field)
     mask = _load_mask(args.mask, field.shape, affine, args.field)
@@ -460,6 +463,10 @@ def _run_invert(args) -> None:
     if args.field_units in ("hz", "rad"):
         field = constants.hz_to_ppm(field, b0_tesla=args.b0_tesla)
     params = dict(args.params)
+    if args.algorithm in USES_MAGNITUDE and args.b0_tesla and args.te_s:  # as the pipeline
+        params["phase_scale_rad_per_ppm"] = constants.phase_rad_per_ppm(
+            b0_tesla=args.b0_tesla, echo_time_s=args.te_s
+        )
     if args.magnitude:
         mag = _load_on_grid(args.magnitude, field.shape, affine, args.field, "magnitude")
         if not np.all(np.isfinite(mag[mask]) & (mag[mask] >= 0)):

@@ -446,3 +446,18 @@ def test_noise_map_on_another_grid_fails_naming_the_file(case, tmp_path, capsys)
     line = _one_error_line(capsys)
     assert "small_mask.nii.gz" in line and "noise map shape" in line
     assert not out.exists()
+
+
+def test_invert_nonlinear_phase_scale_from_b0_and_te(case, tmp_path):
+    # --b0-tesla and --te-s set the nonlinear data term's phase scale 2 pi gamma B0 TE, as the
+    # pipeline does: 7 T x 10 ms and 3.5 T x 20 ms give the same scale, hence the same map;
+    # it differs from the 3 T / 20 ms default.
+    base = ["invert", "--field", case["local"], "--mask", case["mask"], "--algorithm", "ndi",
+            "--param", "max_iterations=20"]  # fmt: skip
+    outs = [tmp_path / f"chi{i}.nii.gz" for i in range(3)]
+    assert main([*base, "--b0-tesla", "7", "--te-s", "0.01", "-o", str(outs[0])]) == 0
+    assert main([*base, "--b0-tesla", "3.5", "--te-s", "0.02", "-o", str(outs[1])]) == 0
+    assert main([*base, "-o", str(outs[2])]) == 0
+    a, b, default = (nifti.load(o)[0] for o in outs)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert not np.allclose(a, default, rtol=1e-3, atol=1e-5)
