@@ -219,6 +219,20 @@ def noisy_local_field(phantom, *, voxel_size_mm, b0_direction=(0.0, 0.0, 1.0),
     return chi, np.where(brain, f, 0).astype(np.float32)
 
 
+@pytest.fixture(params=["numba", "numpy"])
+def engine(request, monkeypatch):
+    """Run a test with the fused numba kernels of the inversions and again with their numpy
+    fallback (``qsmprep.algorithms.inversion._common._nb``, the one handle every inversion
+    module uses); the numba run is skipped where numba is not installed."""
+    from qsmprep.algorithms.inversion import _common
+
+    if request.param == "numpy":
+        monkeypatch.setattr(_common, "_nb", None)
+    elif _common._nb is None:
+        pytest.skip("numba is not installed")
+    return request.param
+
+
 @pytest.fixture(scope="session", autouse=True)
 def qsmprep_cache(tmp_path_factory):
     """A private qsmprep cache for the session (the default atlas is built once into it),

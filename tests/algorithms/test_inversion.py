@@ -185,15 +185,7 @@ def test_bad_parameters_rejected(method):
         invert(method, f, m, voxel_size_mm=(1, 1, 1), **bad)
 
 
-@pytest.fixture(params=["numba", "numpy"])
-def kernels(request, monkeypatch):
-    """Run a test with the fused numba kernels and again with the numpy fallback."""
-    if request.param == "numpy":
-        monkeypatch.setattr(_common, "_nb", None)
-    return request.param
-
-
-def test_fused_split_steps_match_numpy_and_the_definition(kernels):
+def test_fused_split_steps_match_numpy_and_the_definition(engine):
     """The split step keeps w = z - u with z = shrink(grad x + u, t): numba and the numpy
     fallback agree with that definition, the residual is sum |grad x - z|, and split_adjoint
     is the adjoint of the gradient; the fused relative change matches numpy's."""
@@ -222,7 +214,7 @@ def test_fused_split_steps_match_numpy_and_the_definition(kernels):
     assert lhs == pytest.approx(float(np.vdot(x, _common.split_adjoint(u0, h))), rel=1e-4)
 
 
-def test_split_and_adjoint_in_one_pass_match_the_two_steps(kernels):
+def test_split_and_adjoint_in_one_pass_match_the_two_steps(engine):
     """split_adjoint_update (TV's and single-step's one-pass split) equals the definition's
     split then grad^T, numba and numpy, and leaves the old u alone; scale_add is a * w + b."""
     rng = np.random.default_rng(2)
@@ -312,16 +304,11 @@ def test_rts_lsmr_on_the_magnitude_equals_lsmr_on_the_spectrum(axial):
     )
 
 
-@pytest.mark.parametrize("engine", ["numba", "numpy"])
-def test_rts_x_step_solves_its_normal_equation(engine, monkeypatch):
+def test_rts_x_step_solves_its_normal_equation(engine):
     # RTS step 2's x-step: (well + rho |G|^2) X = data + rho S in one pass, k = 0 kept at
     # data + rho S (no data, no penalty there).
     from qsmprep.algorithms.inversion import rapid_two_step
 
-    if engine == "numpy":
-        monkeypatch.setattr(_common, "_nb", None)
-    elif _common._nb is None:
-        pytest.skip("numba is not installed")
     rng = np.random.default_rng(3)
     shape = (6, 7, 4)
     spectrum = (rng.normal(size=shape) + 1j * rng.normal(size=shape)).astype(np.complex64)

@@ -153,14 +153,9 @@ def test_invalid_input_raises(method, kwargs, match):
         METHODS[method](args.pop("local_field_ppm"), args.pop("mask"), **args)
 
 
-@pytest.mark.parametrize("engine", ["numba", "numpy"])
-def test_weighted_gradient_and_its_adjoint(engine, monkeypatch):
+def test_weighted_gradient_and_its_adjoint(engine):
     """iLSQR step 3's operator ``w grad`` (numba kernel or numpy) equals the written-out
     forward differences, and its adjoint passes the dot-product test."""
-    if engine == "numpy":
-        monkeypatch.setattr(_common, "_nb", None)
-    elif _common._nb is None:
-        pytest.skip("numba is not installed")
     rng = np.random.default_rng(5)
     shape, h = (7, 8, 9), (1.0, 2.0, 0.5)
     v = rng.normal(size=shape).astype(np.float32)

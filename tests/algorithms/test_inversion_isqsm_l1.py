@@ -56,17 +56,6 @@ def test_wrong_b0_direction_breaks_accuracy(axial):
     assert metrics.nrmse(est, chi, ph.brain_mask) > 2 * NRMSE_MAX  # measured 173
 
 
-@pytest.fixture(params=["numba", "numpy"])
-def engine(request, monkeypatch):
-    """Run a test with the numba Haar/FISTA kernels and again with the numpy fallback."""
-
-    if request.param == "numpy":
-        monkeypatch.setattr(_common, "_nb", None)
-    elif _common._nb is None:
-        pytest.skip("numba is not installed")
-    return request.param
-
-
 @pytest.mark.parametrize("levels", [1, 2, 3])
 def test_haar_is_orthonormal_and_invertible(levels, engine):
     rng = np.random.default_rng(3)

@@ -154,17 +154,12 @@ def test_invalid_inputs_raise(method, kwargs, match):
         METHODS[method](np.zeros((8, 8, 8), np.float32), args.pop("mask"), **args)
 
 
-@pytest.mark.parametrize("engine", ["numba", "numpy"])
-def test_fused_data_step_matches_the_newton_steps(engine, monkeypatch):
+def test_fused_data_step_matches_the_newton_steps(engine):
     """NLTV's data split (numba kernel and numpy fallback) agrees with the plain Newton steps,
     also where the phase term is non-convex (|s (z - f)| > pi/2, the safe-step branch) and
     where it is absent (w2 = 0)."""
-    from qsmprep.algorithms.inversion import _common, nonlinear
+    from qsmprep.algorithms.inversion import nonlinear
 
-    if engine == "numpy":
-        monkeypatch.setattr(_common, "_nb", None)
-    elif _common._nb is None:
-        pytest.skip("numba is not installed")
     rng = np.random.default_rng(3)
     shape, s, mu, steps = (6, 7, 8), np.float32(16.05), np.float32(1.0), 4
     f = rng.normal(0, 0.05, shape).astype(np.float32)
@@ -187,18 +182,13 @@ def test_fused_data_step_matches_the_newton_steps(engine, monkeypatch):
     np.testing.assert_allclose(z[..., :2], v[..., :2], atol=1e-7)
 
 
-@pytest.mark.parametrize("engine", ["numba", "numpy"])
-def test_medi_weighted_operator_is_grad_t_c_grad(engine, monkeypatch):
+def test_medi_weighted_operator_is_grad_t_c_grad(engine):
     """MEDI's lagged-diffusivity operator (numba kernel and numpy fallback) equals
     grad^T (c grad v) built from the plain periodic differences, and is symmetric:
     <a, G^T c G b> = <c G a, G b>."""
     from qsmprep.algorithms.inversion import _common
     from qsmprep.algorithms.inversion.medi import grad_t_weighted_grad
 
-    if engine == "numpy":
-        monkeypatch.setattr(_common, "_nb", None)
-    elif _common._nb is None:
-        pytest.skip("numba is not installed")
     rng = np.random.default_rng(5)
     shape, h = (7, 8, 9), (1.0, 2.0, 3.0)
     a, b = (rng.normal(size=shape).astype(np.float32) for _ in range(2))
