@@ -169,7 +169,7 @@ class _CombineOutputSpec(TraitedSpec):
     field_hz = File(exists=True, desc="combined field (Hz), possibly aliased by wrap_period_hz")
     phase_offset = File(exists=True, desc="receive phase offset (rad)")
     residual = File(exists=True, desc="fit residual (rad)")
-    field_sd_hz = File(
+    field_noise_std_hz = File(
         exists=True,
         desc="standard deviation of field_hz from the noise (Hz; relative for the linear fit; "
         "the largest float32 where the echoes leave the field undetermined); only with magnitude",
@@ -214,8 +214,8 @@ class EchoCombination(SimpleInterface):
             sd = getattr(fit, "noise_std_hz", None)
             if sd is None:
                 sd = combine.field_noise_std_hz(mag, echo_times_s=tes, mask=mask)
-            out = _out(runtime, "field_sd_hz.nii.gz")
-            self._results["field_sd_hz"] = nifti.save(sd, affine, out)
+            out = _out(runtime, "field_noise_std_hz.nii.gz")
+            self._results["field_noise_std_hz"] = nifti.save(sd, affine, out)
         return runtime
 
 

@@ -287,7 +287,8 @@ def init_single_acquisition_wf(
         (field_wf, qsm_wf, [("outputnode.total_field_hz", "inputnode.total_field_hz"),
                             ("outputnode.mask", "inputnode.mask"),
                             ("outputnode.magnitude", "inputnode.magnitude"),
-                            ("outputnode.field_sd_hz", "inputnode.field_sd_hz")] if has_mag else
+                            ("outputnode.field_noise_std_hz",
+                             "inputnode.field_noise_std_hz")] if has_mag else
                            [("outputnode.total_field_hz", "inputnode.total_field_hz"),
                             ("outputnode.mask", "inputnode.mask")]),
         (field_wf, ds_wf, [("outputnode.mask", "inputnode.mask"),

@@ -80,7 +80,7 @@ def init_field_wf(
     outputnode = pe.Node(
         niu.IdentityInterface(
             fields=["phase_rad", "magnitude", "mask", "total_field_hz", "fit_residual",
-                    "field_sd_hz"]
+                    "field_noise_std_hz"]
         ),
         name="outputnode",
     )
@@ -124,6 +124,6 @@ def init_field_wf(
             (stack, combine, [("out_file", "magnitude")]),
             (stack, unwrap, [("out_file", "magnitude")]),
             (stack, outputnode, [("out_file", "magnitude")]),
-            (combine, outputnode, [("field_sd_hz", "field_sd_hz")]),
+            (combine, outputnode, [("field_noise_std_hz", "field_noise_std_hz")]),
         ])  # fmt: skip
     return workflow

@@ -83,9 +83,9 @@ def init_qsm_wf(
 ) -> pe.Workflow:
     """Local field and susceptibility map from a total field.
 
-    Inputs: ``total_field_hz``, ``mask``, ``magnitude`` (optional), ``field_sd_hz`` (the echo
-    fit's field noise, optional; MEDI's data weight), ``labels`` (native atlas labels; needed
-    when ``reference`` is a region, whose indices are ``reference_labels``).
+    Inputs: ``total_field_hz``, ``mask``, ``magnitude`` (optional), ``field_noise_std_hz``
+    (the echo fit's field noise, optional; MEDI's data weight), ``labels`` (native atlas
+    labels; needed when ``reference`` is a region, whose indices are ``reference_labels``).
     Outputs: ``local_field_hz``, ``qsm_mask`` (where chi is valid), ``chimap`` (ppm). With a
     single-step ``inversion`` chi comes from the total field, and ``bfr`` only makes the
     local field map.
@@ -114,7 +114,7 @@ def init_qsm_wf(
     if inversion in USES_MAGNITUDE:
         workflow.connect(inputnode, "magnitude", dipole_inversion, "magnitude")
     if inversion in USES_FIELD_NOISE:  # MEDI's data weight: 1 / the echo fit's field noise
-        workflow.connect(inputnode, "field_sd_hz", dipole_inversion, "noise_std_hz")
+        workflow.connect(inputnode, "field_noise_std_hz", dipole_inversion, "noise_std_hz")
     workflow.connect([
         (bg_removal, dipole_inversion, [("out_file", "field_hz"), ("out_mask", "mask")]),
         (dipole_inversion, referencing, [("out_file", "in_file")]),
@@ -130,7 +130,7 @@ def _stage_nodes(workflow, bfr, bfr_params, mem_gb, n_procs) -> tuple[pe.Node, p
     ``local_field_hz`` output (both pipelines write it)."""
     inputnode = pe.Node(
         niu.IdentityInterface(
-            fields=["total_field_hz", "mask", "magnitude", "field_sd_hz", "labels"]
+            fields=["total_field_hz", "mask", "magnitude", "field_noise_std_hz", "labels"]
         ),
         name="inputnode",
     )

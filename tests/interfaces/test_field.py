@@ -33,7 +33,7 @@ def test_echo_combination_writes_the_field_noise(tmp_path, echoes, method, monke
     monkeypatch.chdir(tmp_path)
     res = EchoCombination(phase=files["phase"], magnitude=files["mag"], mask=files["mask"],
                           echo_times_s=TES, method=method).run()  # fmt: skip
-    sd = nifti.load(res.outputs.field_sd_hz)[0]
+    sd = nifti.load(res.outputs.field_noise_std_hz)[0]
     assert np.all(sd[~mask] == 0) and np.all(sd[mask] > 0)
     # the weights' shape is the propagation formula's; the complex fit also estimates sigma
     # (noise-free data here: a tiny sigma), so compare up to one factor
@@ -49,4 +49,4 @@ def test_echo_combination_without_magnitude_has_no_field_noise(tmp_path, echoes,
     files, _, _ = echoes
     monkeypatch.chdir(tmp_path)
     res = EchoCombination(phase=files["phase"], mask=files["mask"], echo_times_s=TES).run()
-    assert not isdefined(res.outputs.field_sd_hz)
+    assert not isdefined(res.outputs.field_noise_std_hz)

@@ -151,16 +151,16 @@ def test_method_params_reach_the_nodes_and_override_the_named_options(tmp_path):
 @pytest.mark.parametrize("inversion", ["medi", "tv"])
 def test_medi_is_weighted_by_the_echo_fits_field_noise(tmp_path, inversion):
     """MEDI's data weight is 1 / the field noise of the echo fit (its toolbox's N_std): the
-    echo combination's ``field_sd_hz`` reaches the inversion's ``noise_std_hz``; other
+    echo combination's ``field_noise_std_hz`` reaches the inversion's ``noise_std_hz``; other
     methods do not take it."""
     wf = init_single_acquisition_wf(_acq(tmp_path), output_dir=str(tmp_path / "out"),
                                     bids_dir=str(tmp_path), inversion=inversion)  # fmt: skip
     field_wf, qsm_wf = wf.get_node("field_wf"), wf.get_node("qsm_wf")
-    assert ("outputnode.field_sd_hz", "inputnode.field_sd_hz") in wf._graph.get_edge_data(
-        field_wf, qsm_wf
-    )["connect"]
+    links = wf._graph.get_edge_data(field_wf, qsm_wf)["connect"]
+    assert ("outputnode.field_noise_std_hz", "inputnode.field_noise_std_hz") in links
     combine, out = field_wf.get_node("echo_combination"), field_wf.get_node("outputnode")
-    assert ("field_sd_hz", "field_sd_hz") in field_wf._graph.get_edge_data(combine, out)["connect"]
+    links = field_wf._graph.get_edge_data(combine, out)["connect"]
+    assert ("field_noise_std_hz", "field_noise_std_hz") in links
     inode, inv = qsm_wf.get_node("inputnode"), qsm_wf.get_node("dipole_inversion")
     edge = qsm_wf._graph.get_edge_data(inode, inv) or {"connect": []}
-    assert (("field_sd_hz", "noise_std_hz") in edge["connect"]) == (inversion == "medi")
+    assert (("field_noise_std_hz", "noise_std_hz") in edge["connect"]) == (inversion == "medi")
