@@ -147,10 +147,30 @@ def smv_kernel(
     ``S(k) = FFT(ball / |ball|)``; ``1 - S`` is the SHARP high-pass that annihilates
     harmonic (background) fields inside the eroded mask (Schweser et al., NeuroImage 2011,
     doi:10.1016/j.neuroimage.2010.10.070).
+
+    The ball (:func:`sphere_mask`) is even in each axis separately, so its DFT is real and
+    is the product of the three axes' cosine transforms, ``S(k) = sum_x ball(x) prod_i
+    cos(2 pi k_i x_i / N_i) / |ball|``. They are applied in turn to the ball's small
+    support (float64): a few matrix products instead of a full-grid float64 FFT, the same
+    kernel to rounding.
     """
-    ball = sphere_mask(shape, voxel_size_mm=voxel_size_mm, radius_mm=radius_mm).astype(np.float64)
-    ball /= ball.sum()
-    return np.real(rfftn(ball)).astype(np.float32)
+    support, signed = [], []
+    for n, d in zip(shape, voxel_size_mm, strict=True):
+        j = np.fft.fftfreq(int(n), d=1.0 / int(n))  # signed indices, as in sphere_mask
+        keep = np.abs(j * float(d)) <= float(radius_mm) * np.sqrt(1.0 + 1e-4)
+        signed.append(j[keep])
+        support.append(keep)
+    grid = np.ix_(*support)
+    ball = sphere_mask(shape, voxel_size_mm=voxel_size_mm, radius_mm=radius_mm)[grid]
+    ball = ball.astype(np.float64) / ball.sum()
+    cos = []
+    for i, (n, j) in enumerate(zip(shape, signed, strict=True)):
+        k = np.arange(int(n) // 2 + 1 if i == 2 else int(n))
+        cos.append(np.cos(2.0 * np.pi * np.outer(k, j) / int(n)))  # (k, support)
+    t = ball @ cos[2].T  # (s0, s1, K2)
+    t = np.einsum("bj,ijc->ibc", cos[1], t)  # (s0, N1, K2)
+    out = cos[0] @ t.reshape(t.shape[0], -1)  # (N0, N1 * K2)
+    return out.reshape(int(shape[0]), int(shape[1]), -1).astype(np.float32)
 
 
 def laplacian_kernel(shape: Sequence[int], *, voxel_size_mm: Sequence[float]) -> np.ndarray:

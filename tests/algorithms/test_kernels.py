@@ -108,3 +108,28 @@ def test_dipole_kernel_values():
     assert np.isclose(d[1, 0, 0], 1 / 3)  # k perpendicular to B0
     with pytest.raises(ValueError):
         dipole_kernel((8, 8, 8), voxel_size_mm=(1, 1, 1), b0_direction=(0, 0, 0))
+
+
+@pytest.mark.parametrize(
+    ("shape", "vox", "radius"),
+    [
+        ((16, 18, 20), (1.0, 1.0, 1.0), 3.0),
+        ((15, 17, 19), (1.5, 2.0, 2.5), 4.0),  # odd sizes, anisotropic
+        ((10, 11, 12), (2.0, 1.0, 0.5), 1.0),  # support of one voxel on axis 0
+        ((8, 9, 10), (1.0, 1.0, 1.0), 20.0),  # the ball wraps round the whole grid
+    ],
+)
+def test_smv_kernel_equals_the_fft_of_the_ball(shape, vox, radius):
+    """The separable cosine transform is the DFT of the normalised ball, and it is the
+    SMV operator: applied by FFT it averages over the ball."""
+    from qsmprep.algorithms.kernels import smv_kernel, sphere_mask
+
+    ball = sphere_mask(shape, voxel_size_mm=vox, radius_mm=radius).astype(np.float64)
+    ball /= ball.sum()
+    got = smv_kernel(shape, voxel_size_mm=vox, radius_mm=radius)
+    assert got.dtype == np.float32 and got.shape == (shape[0], shape[1], shape[2] // 2 + 1)
+    np.testing.assert_allclose(got, np.fft.rfftn(ball).real, atol=1e-7)
+    image = np.random.default_rng(0).standard_normal(shape)
+    mean = np.fft.irfftn(np.fft.rfftn(image) * got, shape)
+    direct = np.real(np.fft.ifftn(np.fft.fftn(image) * np.conj(np.fft.fftn(ball))))
+    np.testing.assert_allclose(mean, direct, atol=1e-6)
