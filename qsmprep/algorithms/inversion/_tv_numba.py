@@ -411,3 +411,79 @@ def l1_split(x, u, z, m, t, w):  # pragma: no cover - jit
         diff[i] = dsum
         norm[i] = nsum
     return np.sqrt(diff.sum()) / max(np.sqrt(norm.sum()), 1e-30)
+
+
+#: Block length of the 1-D Krylov kernels: each block sums in float32 (so the loop
+#: vectorises), the blocks' sums add in float64.
+_BLOCK = 16384
+
+
+@numba.njit(parallel=True, fastmath=False, cache=True)
+def axpy_sq(y, a, c):  # pragma: no cover - jit
+    """``y = a + c y`` in place (1-D float32); returns ``sum y^2``."""
+    n = y.size
+    parts = np.zeros((n + _BLOCK - 1) // _BLOCK)
+    for b in numba.prange(parts.size):
+        acc = np.float32(0.0)
+        for i in range(b * _BLOCK, min((b + 1) * _BLOCK, n)):
+            v = a[i] + c * y[i]
+            y[i] = v
+            acc += v * v
+        parts[b] = acc
+    return parts.sum()
+
+
+@numba.njit(parallel=True, fastmath=False, cache=True)
+def lsqr_update(x, w, v, t1, t2, sv):  # pragma: no cover - jit
+    """LSQR's ``x += t1 w; w = sv v + t2 w`` in place (1-D float32); returns the old
+    ``sum w^2``."""
+    n = x.size
+    parts = np.zeros((n + _BLOCK - 1) // _BLOCK)
+    for b in numba.prange(parts.size):
+        acc = np.float32(0.0)
+        for i in range(b * _BLOCK, min((b + 1) * _BLOCK, n)):
+            wi = w[i]
+            x[i] += t1 * wi
+            w[i] = sv * v[i] + t2 * wi
+            acc += wi * wi
+        parts[b] = acc
+    return parts.sum()
+
+
+@numba.njit(parallel=True, fastmath=False, cache=True)
+def lsmr_update(x, h, hbar, v, c_hbar, c_x, c_h, sv):  # pragma: no cover - jit
+    """LSMR's ``hbar = h + c_hbar hbar; x += c_x hbar; h = sv v + c_h h`` in place (1-D
+    float32); returns the new ``sum x^2``."""
+    n = x.size
+    parts = np.zeros((n + _BLOCK - 1) // _BLOCK)
+    for b in numba.prange(parts.size):
+        acc = np.float32(0.0)
+        for i in range(b * _BLOCK, min((b + 1) * _BLOCK, n)):
+            hb = h[i] + c_hbar * hbar[i]
+            hbar[i] = hb
+            xi = x[i] + c_x * hb
+            x[i] = xi
+            h[i] = sv * v[i] + c_h * h[i]
+            acc += xi * xi
+        parts[b] = acc
+    return parts.sum()
+
+
+@numba.njit(parallel=True, fastmath=False, cache=True)
+def scaled_product(out, a, w, c):  # pragma: no cover - jit
+    """``out = c a w`` (1-D float32; ``out`` may be ``a``)."""
+    for i in numba.prange(out.size):
+        out[i] = c * a[i] * w[i]
+
+
+@numba.njit(parallel=True, fastmath=False, cache=True)
+def sum_sq(y):  # pragma: no cover - jit
+    """``sum y^2`` of a 1-D float32 array (float32 within blocks, float64 across)."""
+    n = y.size
+    parts = np.zeros((n + _BLOCK - 1) // _BLOCK)
+    for b in numba.prange(parts.size):
+        acc = np.float32(0.0)
+        for i in range(b * _BLOCK, min((b + 1) * _BLOCK, n)):
+            acc += y[i] * y[i]
+        parts[b] = acc
+    return parts.sum()

@@ -16,10 +16,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
-from scipy.sparse.linalg import LinearOperator, lsmr, lsqr
 
 from qsmprep.algorithms.fft import parseval_weight
-from qsmprep.algorithms.inversion import _common
+from qsmprep.algorithms.inversion import _common, krylov
 from qsmprep.algorithms.kernels import smv_kernel
 
 
@@ -44,9 +43,11 @@ def _weighted_grad_adjoint(r: np.ndarray, wg: list, h) -> np.ndarray:
 def _ramp_down(values: np.ndarray, inside: np.ndarray, low_pct: float, high_pct: float):
     """1 below the ``low_pct`` percentile of ``values[inside]``, 0 above ``high_pct``,
     linear in between; 0 outside ``inside``. float32."""
-    lo, hi = np.percentile(values[inside], [low_pct, high_pct])
-    w = np.clip((hi - values) / max(float(hi - lo), 1e-30), 0.0, 1.0)
-    return np.where(inside, w, 0).astype(np.float32)
+    picked = values[inside]
+    lo, hi = np.percentile(picked, [low_pct, high_pct])
+    w = np.zeros(values.shape, np.float32)
+    w[inside] = np.clip((hi - picked) / max(float(hi - lo), 1e-30), 0.0, 1.0)
+    return w
 
 
 def _laplacian_weights(p: _common.InversionProblem) -> np.ndarray:
@@ -55,45 +56,31 @@ def _laplacian_weights(p: _common.InversionProblem) -> np.ndarray:
     return _ramp_down(lap, p.mask, 60.0, 99.9)
 
 
-def _scatter(values: np.ndarray, at: np.ndarray, size: int, dtype) -> np.ndarray:
-    """A flat ``size`` array of ``dtype``, 0 except ``values`` at the flat indices ``at``."""
-    out = np.zeros(size, dtype)
-    out[at] = values
-    return out
-
-
-def _complex(z: np.ndarray) -> np.ndarray:
-    """A Krylov vector (float64, real and imaginary parts interleaved) as complex64."""
-    return np.asarray(z, dtype=np.float32).view(np.complex64)
-
-
 def _lsqr_step(p: _common.InversionProblem, tol: float, iterations: int) -> np.ndarray:
     """Step 1 (eqs. 6-7): ``min_x ||W^1/2 (F^-1 D F x - f)||^2`` by LSQR, early stopped.
 
     LSQR runs on ``Z = s F x`` (:func:`qsmprep.algorithms.fft.parseval_weight`), an
     isometric change of variables: the same iterates as on ``x``, one FFT per product
-    instead of two. Its residual keeps only the rows where ``W > 0`` (the others are 0 in
-    every product), so LSQR's own vector work runs on the mask's voxels, not the box's."""
-    sw = np.sqrt(_laplacian_weights(p))
-    rows = np.flatnonzero(sw)
-    sw_rows = sw.ravel()[rows]
+    instead of two. Its vectors are float32 (:mod:`.krylov`), and the normalising scale of
+    each product is folded into the weight ``W^1/2`` it multiplies anyway."""
+    sw = np.sqrt(_laplacian_weights(p)).reshape(-1)
     s = parseval_weight(p.shape)
     d_fwd, d_adj = p.kernel / s, p.kernel * s  # Z -> W^1/2 F^-1 D Z / s; r -> s D F W^1/2 r
-    kshape, n = p.kernel.shape, sw.size
+    kshape = p.kernel.shape
 
-    def matvec(z):
-        return p.ifft(d_fwd * _complex(z).reshape(kshape)).ravel()[rows] * sw_rows
+    def apply_a(z, c):
+        image = p.ifft(d_fwd * z.view(np.complex64).reshape(kshape)).reshape(-1)
+        return krylov.scaled_product(image, image, sw, c)
 
-    def rmatvec(r):
-        image = _scatter(sw_rows * r, rows, n, np.float32).reshape(p.shape)
-        return (d_adj * p.fft(image)).view(np.float32).ravel()
+    def apply_at(r, c):
+        image = krylov.scaled_product(np.empty_like(r), r, sw, c).reshape(p.shape)
+        spectrum = p.fft(image)
+        spectrum *= d_adj
+        return spectrum.view(np.float32).reshape(-1)
 
-    op = LinearOperator((rows.size, 2 * d_fwd.size), matvec=matvec, rmatvec=rmatvec,
-                        dtype=np.float32)  # fmt: skip
-    rhs = p.field_ppm.ravel()[rows] * sw_rows
-    with np.errstate(over="ignore"):  # the condition estimate overflows float32; unused
-        z = lsqr(op, rhs, atol=tol, btol=tol, conlim=0.0, iter_lim=iterations)[0]
-    return p.ifft(_complex(z).reshape(kshape) / s) * p.mask
+    rhs = p.field_ppm.reshape(-1) * sw
+    z, _ = krylov.lsqr(apply_a, apply_at, rhs, atol=tol, btol=tol, iter_lim=iterations)
+    return p.ifft(z.view(np.complex64).reshape(kshape) / s) * p.mask
 
 
 def _fast_qsm(p: _common.InversionProblem, f_hat: np.ndarray, smv_radius_mm: float):
@@ -118,32 +105,36 @@ def _artefact_step(p, x1, x_fs, *, delta: float, tol: float, iterations: int) ->
     """Step 3 (eqs. 3-4, 15): ``min_y ||W_g grad P y - W_g grad x1||`` by LSMR with
     ``P = F^-1 [|D| < delta] F`` and ``W_g`` ramping from 1 (gradient of ``x_fs`` below its
     50th percentile, per axis) to 0 (above the 70th)."""
-    h, shape, n = p.voxel_size_mm, p.shape, x1.size
+    h, shape = p.voxel_size_mm, p.shape
     wg = [_ramp_down(np.abs(g), p.mask, 50.0, 70.0) for g in _common.grad(x_fs, h)]
     # LSMR on Z = s F y (one FFT per product), restricted to the cone's entries of Z (the
     # others are 0 in every product) and to the rows where W_g > 0: the same iterates, with
-    # LSMR's vector work on ~18 % of k-space and the masked voxels instead of the whole box.
+    # LSMR's float32 vector work on ~18 % of k-space and the masked voxels instead of the
+    # whole box. The normalising scale of each product is folded into the weight s.
     kshape = p.kernel.shape
     cone = np.flatnonzero(np.abs(p.kernel) < delta)
     s_cone = parseval_weight(shape).ravel()[cone % kshape[-1]]  # s varies along the last axis
-    rows = np.flatnonzero(np.stack(wg))
-    size_k = int(np.prod(kshape))
+    s_pairs = np.repeat(s_cone, 2).astype(np.float32)  # per float32 of the complex entries
+    inv_s_pairs = (1.0 / s_pairs).astype(np.float32)
+    rows = np.concatenate([np.flatnonzero(w) + a * w.size for a, w in enumerate(wg)])
+    # The products scatter into and gather from buffers whose other entries stay 0.
+    spectrum = np.zeros(kshape, np.complex64)
+    residual = np.zeros((3, *shape), np.float32)
 
-    def matvec(z):
-        spectrum = _scatter(_complex(z) / s_cone, cone, size_k, np.complex64).reshape(kshape)
+    def apply_a(z, c):
+        entries = krylov.scaled_product(np.empty_like(z), z, inv_s_pairs, c)
+        spectrum.ravel()[cone] = entries.view(np.complex64)
         return _weighted_grad(p.ifft(spectrum), wg, h).ravel()[rows]
 
-    def rmatvec(r):
-        r = _scatter(r, rows, 3 * n, np.float32).reshape((3, *shape))
-        spectrum = p.fft(_weighted_grad_adjoint(r, wg, h)).ravel()[cone]
-        return (spectrum * s_cone).view(np.float32)
+    def apply_at(r, c):
+        residual.ravel()[rows] = r
+        picked = p.fft(_weighted_grad_adjoint(residual, wg, h)).ravel()[cone]
+        picked = picked.view(np.float32)
+        return krylov.scaled_product(picked, picked, s_pairs, c)
 
-    op = LinearOperator((rows.size, 2 * cone.size), matvec=matvec, rmatvec=rmatvec,
-                        dtype=np.float32)  # fmt: skip
     rhs = _weighted_grad(x1, wg, h).ravel()[rows]
-    with np.errstate(over="ignore"):
-        z = lsmr(op, rhs, atol=tol, btol=tol, conlim=0.0, maxiter=iterations)[0]
-    spectrum = _scatter(_complex(z) / s_cone, cone, size_k, np.complex64).reshape(kshape)
+    z, _ = krylov.lsmr(apply_a, apply_at, rhs, atol=tol, btol=tol, maxiter=iterations)
+    spectrum.ravel()[cone] = krylov.scaled_product(z, z, inv_s_pairs, 1.0).view(np.complex64)
     return p.ifft(spectrum) * p.mask
 
 
