@@ -190,6 +190,18 @@ def split_update(x, u, w, threshold, voxel_size_mm, *, residual: bool = False) -
     return float(np.sqrt(res).sum(dtype=np.float64)) if residual else 0.0
 
 
+def rescale_dual(u, w, gamma: float) -> None:
+    """After ``rho *= gamma``: the scaled dual ``u <- u / gamma`` and ``w = z - u`` with it,
+    ``w <- w + (1 - 1 / gamma) u``, in place (one pass with numba)."""
+    cw, cu = np.float32(1.0 - 1.0 / gamma), np.float32(1.0 / gamma)
+    if _nb is not None:
+        _nb.rescale_dual(*u, *w, cw, cu)
+        return
+    for ui, wi in zip(u, w, strict=True):
+        wi += ui * cw
+        ui *= cu
+
+
 def split_adjoint(w, voxel_size_mm) -> np.ndarray:
     """``grad^T w`` (``w = z - u`` from :func:`split_update`): the image-space part of the
     ADMM x-step right-hand side."""

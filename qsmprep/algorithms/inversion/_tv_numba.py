@@ -487,3 +487,21 @@ def sum_sq(y):  # pragma: no cover - jit
             acc += y[i] * y[i]
         parts[b] = acc
     return parts.sum()
+
+
+@numba.njit(parallel=True, fastmath=False, cache=True)
+def rescale_dual(u0, u1, u2, w0, w1, w2, cw, cu):  # pragma: no cover - jit
+    """``w += cw u; u *= cu`` in place, for the three components, in one pass."""
+    n0, n1, n2 = u0.shape
+    for i in numba.prange(n0):
+        for j in range(n1):
+            for k in range(n2):
+                a = u0[i, j, k]
+                b = u1[i, j, k]
+                c = u2[i, j, k]
+                w0[i, j, k] += cw * a
+                w1[i, j, k] += cw * b
+                w2[i, j, k] += cw * c
+                u0[i, j, k] = cu * a
+                u1[i, j, k] = cu * b
+                u2[i, j, k] = cu * c

@@ -120,9 +120,7 @@ def _tv_cone_fill(
         residual = _common.split_update(x, u, w, 1.0 / rho, h, residual=True)
         if residual > tau * prev and rho * gamma <= rho_max:  # stalls: stiffen the splitting
             rho *= gamma
-            for ui, wi in zip(u, w, strict=True):  # scaled dual u / gamma; w = y - u follows
-                wi += ui * np.float32(1.0 - 1.0 / gamma)
-                ui /= np.float32(gamma)
+            _common.rescale_dual(u, w, gamma)  # scaled dual u / gamma; w = y - u follows
         spectrum = p.fft(_common.split_adjoint(w, h))
         _weighted_solve(spectrum, data, well, g2, np.float32(rho))
         x_new = p.ifft(spectrum)
