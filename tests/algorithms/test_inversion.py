@@ -322,3 +322,16 @@ def test_rts_x_step_solves_its_normal_equation(engine):
     rapid_two_step._weighted_solve(got, data, well, g2, rho)
     np.testing.assert_allclose(got, expected, rtol=2e-6, atol=0)
     assert got[0, 0, 0] == pytest.approx(data[0, 0, 0] + rho * spectrum[0, 0, 0], rel=1e-6)
+
+
+def test_rescale_dual_keeps_w_equal_z_minus_u(engine):
+    # After rho *= gamma the scaled dual is u / gamma, and w = z - u must follow it.
+    rng = np.random.default_rng(4)
+    shape = (5, 6, 7)
+    z = [rng.normal(size=shape).astype(np.float32) for _ in range(3)]
+    u = [rng.normal(size=shape).astype(np.float32) for _ in range(3)]
+    w = [zi - ui for zi, ui in zip(z, u, strict=True)]
+    _common.rescale_dual(u, w, 5.0)
+    for zi, ui, wi, u0 in zip(z, u, w, [a * 5 for a in u], strict=True):
+        np.testing.assert_allclose(ui, u0 / 5, rtol=1e-6)
+        np.testing.assert_allclose(wi, zi - ui, atol=1e-6)
