@@ -15,8 +15,10 @@ from qsmprep.algorithms.inversion import _common
 
 def _truncated_inverse(d: np.ndarray, threshold: float) -> np.ndarray:
     """``1 / D_t`` with ``D_t = sign(D) max(|D|, t)`` (``sign(0) = +1``), 0 at ``k = 0``."""
-    sign = np.where(d < 0, np.float32(-1), np.float32(1))
-    inv = sign / np.maximum(np.abs(d), np.float32(threshold))
+    inv = np.abs(d)
+    np.maximum(inv, np.float32(threshold), out=inv)
+    np.divide(np.float32(1.0), inv, out=inv)
+    np.copysign(inv, d, out=inv)  # D = +0 gives +1 / t, as sign(0) = +1
     inv[0, 0, 0] = 0.0
     return inv
 
@@ -88,7 +90,9 @@ def tkd(
     inv = _truncated_inverse(p.kernel, t)
     if correct_scaling:
         inv /= np.float32(np.mean((p.kernel * inv)[inv != 0]))
-    return p.to_image(p.ifft(p.fft(p.field_ppm) * inv))
+    spectrum = p.fft(p.field_ppm)
+    spectrum *= inv
+    return p.to_image(p.ifft(spectrum))
 
 
 def tsvd(
@@ -125,7 +129,9 @@ def tsvd(
     d = p.kernel
     inv = np.zeros_like(d)
     np.divide(np.float32(1.0), d, out=inv, where=np.abs(d) > t)  # no boolean gather/scatter
-    return p.to_image(p.ifft(p.fft(p.field_ppm) * inv))
+    spectrum = p.fft(p.field_ppm)
+    spectrum *= inv
+    return p.to_image(p.ifft(spectrum))
 
 
 def tikhonov(
@@ -162,4 +168,7 @@ def tikhonov(
     d = p.kernel
     den = d * d + np.float32(lam) * p.grad_sq()
     den[0, 0, 0] = 1.0  # D(0) = G(0) = 0: leave the undetermined mean at 0
-    return p.to_image(p.ifft(p.fft(p.field_ppm) * (d / den)))
+    np.divide(d, den, out=den)
+    spectrum = p.fft(p.field_ppm)
+    spectrum *= den
+    return p.to_image(p.ifft(spectrum))
