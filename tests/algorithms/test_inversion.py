@@ -172,6 +172,23 @@ def test_validation_errors(kwargs, match):
         INVERSION_METHODS["tkd"](args.pop("local_field_ppm"), args.pop("mask"), **args)
 
 
+def test_non_finite_values_count_only_inside_the_mask():
+    f = np.ones((8, 8, 8), np.float32)
+    m = np.zeros((8, 8, 8), bool)
+    m[2:6, 2:6, 2:6] = True
+    f[0] = np.nan  # outside the mask: ignored
+    f[1] = -np.inf
+    f[7, 0, 0] = np.float32(3e38)  # outside the mask too
+    chi = INVERSION_METHODS["tkd"](f, m, voxel_size_mm=(1, 1, 1))
+    assert np.all(np.isfinite(chi))
+    f[3, 3, 3] = np.inf
+    with pytest.raises(ValueError, match="non-finite"):
+        INVERSION_METHODS["tkd"](f, m, voxel_size_mm=(1, 1, 1))
+    big = np.where(m, np.float32(3e38), 0).astype(np.float32)  # finite, but its sum is not
+    with np.errstate(over="ignore", invalid="ignore"):
+        INVERSION_METHODS["tkd"](big, m, voxel_size_mm=(1, 1, 1))  # no error
+
+
 @pytest.mark.parametrize("method", ["rts", "tv", "isqsm", "tikhonov"])
 def test_bad_parameters_rejected(method):
     f, m = np.zeros((8, 8, 8), np.float32), np.ones((8, 8, 8), bool)
