@@ -353,40 +353,6 @@ def fista_momentum(x_new, x, c, m, y):  # pragma: no cover - jit
 
 
 @numba.njit(parallel=True, fastmath=False, cache=True)
-def weighted_grad(v, c0, c1, c2, ih0, ih1, ih2, out):  # pragma: no cover - jit
-    """``out[a] = c_a * grad_a v`` (periodic forward differences, 1/mm) into ``out``
-    shaped ``(3, *v.shape)``, in one pass."""
-    n0, n1, n2 = v.shape
-    for i in numba.prange(n0):
-        ip, _ = _wrap(i, n0)
-        for j in range(n1):
-            jp, _ = _wrap(j, n1)
-            for k in range(n2):
-                kp, _ = _wrap(k, n2)
-                x = v[i, j, k]
-                out[0, i, j, k] = c0[i, j, k] * (v[ip, j, k] - x) * ih0
-                out[1, i, j, k] = c1[i, j, k] * (v[i, jp, k] - x) * ih1
-                out[2, i, j, k] = c2[i, j, k] * (v[i, j, kp] - x) * ih2
-
-
-@numba.njit(parallel=True, fastmath=False, cache=True)
-def weighted_grad_adjoint(r, c0, c1, c2, ih0, ih1, ih2, out):  # pragma: no cover - jit
-    """``out = grad^T (c r)`` for ``r`` shaped ``(3, *out.shape)``: the adjoint of
-    :func:`weighted_grad`, in one pass."""
-    n0, n1, n2 = out.shape
-    for i in numba.prange(n0):
-        _, im = _wrap(i, n0)
-        for j in range(n1):
-            _, jm = _wrap(j, n1)
-            for k in range(n2):
-                _, km = _wrap(k, n2)
-                a0 = c0[im, j, k] * r[0, im, j, k] - c0[i, j, k] * r[0, i, j, k]
-                a1 = c1[i, jm, k] * r[1, i, jm, k] - c1[i, j, k] * r[1, i, j, k]
-                a2 = c2[i, j, km] * r[2, i, j, km] - c2[i, j, k] * r[2, i, j, k]
-                out[i, j, k] = a0 * ih0 + a1 * ih1 + a2 * ih2
-
-
-@numba.njit(parallel=True, fastmath=False, cache=True)
 def l1_split(x, u, z, m, t, w):  # pragma: no cover - jit
     """STAR's L1 split, in place, one pass: ``z+ = m shrink(x + u, t)``, ``u += x - z+``,
     ``w = z+ - u`` (the next x-step's input), ``z = z+``. Returns
@@ -470,13 +436,6 @@ def lsmr_update(x, h, hbar, v, c_hbar, c_x, c_h, sv):  # pragma: no cover - jit
 
 
 @numba.njit(parallel=True, fastmath=False, cache=True)
-def scaled_product(out, a, w, c):  # pragma: no cover - jit
-    """``out = c a w`` (1-D float32; ``out`` may be ``a``)."""
-    for i in numba.prange(out.size):
-        out[i] = c * a[i] * w[i]
-
-
-@numba.njit(parallel=True, fastmath=False, cache=True)
 def sum_sq(y):  # pragma: no cover - jit
     """``sum y^2`` of a 1-D float32 array (float32 within blocks, float64 across)."""
     n = y.size
@@ -505,3 +464,46 @@ def rescale_dual(u0, u1, u2, w0, w1, w2, cw, cu):  # pragma: no cover - jit
                 u0[i, j, k] = cu * a
                 u1[i, j, k] = cu * b
                 u2[i, j, k] = cu * c
+
+
+@numba.njit(parallel=True, fastmath=False, cache=True)
+def grad_rows(vf, idx, nb, wr, ih, out):  # pragma: no cover - jit
+    """``out[t] = wr[t] (vf[nb[t]] - vf[idx[t]]) ih``: a weighted forward difference at
+    listed voxels of the flat image ``vf`` (``nb``: each one's next voxel along the axis)."""
+    for t in numba.prange(idx.size):
+        out[t] = wr[t] * (vf[nb[t]] - vf[idx[t]]) * ih
+
+
+@numba.njit(parallel=True, fastmath=False, cache=True)
+def gather_rows(out, vf, idx, wr, c):  # pragma: no cover - jit
+    """``out[t] = c wr[t] vf[idx[t]]`` (the adjoint of :func:`scatter_rows`)."""
+    for t in numba.prange(idx.size):
+        out[t] = c * wr[t] * vf[idx[t]]
+
+
+@numba.njit(parallel=True, fastmath=False, cache=True)
+def scatter_rows(buf, idx, wr, r, c):  # pragma: no cover - jit
+    """``buf[idx[t]] = c wr[t] r[t]`` (1-D ``buf``; the other entries are left as they are)."""
+    for t in numba.prange(idx.size):
+        buf[idx[t]] = c * wr[t] * r[t]
+
+
+@numba.njit(parallel=True, fastmath=False, cache=True)
+def scatter_pairs(spec, at, z, w, c):  # pragma: no cover - jit
+    """Complex entries as float32 pairs: ``spec[at[t]] = c w[t] z[t]`` (``spec``: the float32
+    view of a complex array, flat; ``z``: 2 floats per entry)."""
+    for t in numba.prange(at.size):
+        q = 2 * at[t]
+        s = c * w[t]
+        spec[q] = s * z[2 * t]
+        spec[q + 1] = s * z[2 * t + 1]
+
+
+@numba.njit(parallel=True, fastmath=False, cache=True)
+def gather_pairs(out, spec, at, w, c):  # pragma: no cover - jit
+    """The adjoint of :func:`scatter_pairs`: ``out[t] = c w[t] spec[at[t]]``."""
+    for t in numba.prange(at.size):
+        q = 2 * at[t]
+        s = c * w[t]
+        out[2 * t] = s * spec[q]
+        out[2 * t + 1] = s * spec[q + 1]

@@ -22,22 +22,91 @@ from qsmprep.algorithms.inversion import _common, krylov
 from qsmprep.algorithms.kernels import smv_kernel
 
 
-def _weighted_grad(v: np.ndarray, wg: list, h) -> np.ndarray:
-    """``[w_a grad_a v]`` as one float32 array shaped ``(3, *v.shape)``."""
-    if _common._nb is not None:
-        out = np.empty((3, *v.shape), dtype=np.float32)
-        _common._nb.weighted_grad(v, *wg, *[np.float32(1.0 / x) for x in h], out)
-        return out
-    return np.stack([w * g for w, g in zip(wg, _common.grad(v, h), strict=True)])
+def _flat_index(size: int):
+    """The smallest integer type that indexes ``size`` entries (int32 halves the traffic)."""
+    return np.int32 if size < 2**31 else np.int64
 
 
-def _weighted_grad_adjoint(r: np.ndarray, wg: list, h) -> np.ndarray:
-    """Adjoint of :func:`_weighted_grad`: ``grad^T (w r)``."""
+def _gather_rows(vf: np.ndarray, idx: np.ndarray, wr: np.ndarray, c: float) -> np.ndarray:
+    """``c wr vf[idx]`` (float32)."""
     if _common._nb is not None:
-        out = np.empty(r.shape[1:], dtype=np.float32)
-        _common._nb.weighted_grad_adjoint(r, *wg, *[np.float32(1.0 / x) for x in h], out)
+        out = np.empty(idx.size, np.float32)
+        _common._nb.gather_rows(out, vf, idx, wr, np.float32(c))
         return out
-    return _common.grad_adjoint([w * ri for w, ri in zip(wg, r, strict=True)], h)
+    return np.float32(c) * wr * vf[idx]
+
+
+def _scatter_rows(buf: np.ndarray, idx: np.ndarray, wr: np.ndarray, r: np.ndarray, c: float):
+    """``buf[idx] = c wr r`` (flat ``buf``; its other entries are left as they are)."""
+    if _common._nb is not None:
+        _common._nb.scatter_rows(buf, idx, wr, r, np.float32(c))
+    else:
+        buf[idx] = np.float32(c) * wr * r
+
+
+class _RowGradient:
+    """``W grad`` (periodic forward differences, 1/mm, per-axis weights ``W_a``) evaluated
+    only at the rows where ``W_a > 0``, as one compact float32 vector (axis 0's rows, then
+    axis 1's, then axis 2's), and its adjoint. Numba kernels; numpy otherwise."""
+
+    def __init__(self, weights: list, voxel_size_mm):
+        self.shape = weights[0].shape
+        self.h = tuple(voxel_size_mm)
+        index = _flat_index(weights[0].size)
+        self.idx = [np.flatnonzero(w).astype(index) for w in weights]
+        self.wr = [w.ravel()[i] for w, i in zip(weights, self.idx, strict=True)]
+        self.nb = []  # the next voxel along each axis (periodic), as flat indices
+        for a, idx in enumerate(self.idx):
+            stride = int(np.prod(self.shape[a + 1 :]))
+            last = (idx // stride) % self.shape[a] == self.shape[a] - 1
+            self.nb.append(np.where(last, idx - (self.shape[a] - 1) * stride, idx + stride)
+                           .astype(index))  # fmt: skip
+        self.bounds = np.cumsum([0] + [i.size for i in self.idx])
+        self._buf = None  # (3, *shape) scratch of the adjoint; 0 off the rows
+
+    @property
+    def size(self) -> int:
+        return int(self.bounds[-1])
+
+    def apply(self, v: np.ndarray) -> np.ndarray:
+        out = np.empty(self.size, np.float32)
+        vf = v.reshape(-1)
+        for a, (idx, nb, wr) in enumerate(zip(self.idx, self.nb, self.wr, strict=True)):
+            part = out[self.bounds[a] : self.bounds[a + 1]]
+            ih = np.float32(1.0 / self.h[a])
+            if _common._nb is not None:
+                _common._nb.grad_rows(vf, idx, nb, wr, ih, part)
+            else:
+                part[:] = wr * (vf[nb] - vf[idx]) * ih
+        return out
+
+    def adjoint(self, r: np.ndarray, c: float = 1.0) -> np.ndarray:
+        """``c grad^T (W r)`` as an image."""
+        if self._buf is None:
+            self._buf = np.zeros((3, *self.shape), np.float32)
+        for a, (idx, wr) in enumerate(zip(self.idx, self.wr, strict=True)):
+            part = r[self.bounds[a] : self.bounds[a + 1]]
+            _scatter_rows(self._buf[a].reshape(-1), idx, wr, part, c)
+        return _common.split_adjoint(list(self._buf), self.h)
+
+
+def _scatter_pairs(spec: np.ndarray, at: np.ndarray, z: np.ndarray, w: np.ndarray, c: float):
+    """``spec[at] = c w z`` for complex ``spec`` (entries ``at`` of its flat view) and ``z``
+    as float32 pairs."""
+    if _common._nb is not None:
+        _common._nb.scatter_pairs(spec.view(np.float32).reshape(-1), at, z, w, np.float32(c))
+    else:
+        spec.reshape(-1)[at] = z.view(np.complex64) * (np.float32(c) * w)
+
+
+def _gather_pairs(spec: np.ndarray, at: np.ndarray, w: np.ndarray, c: float) -> np.ndarray:
+    """``c w spec[at]`` as float32 pairs (the adjoint of :func:`_scatter_pairs`)."""
+    out = np.empty(2 * at.size, np.float32)
+    if _common._nb is not None:
+        _common._nb.gather_pairs(out, spec.view(np.float32).reshape(-1), at, w, np.float32(c))
+    else:
+        out.view(np.complex64)[:] = spec.reshape(-1)[at] * (np.float32(c) * w)
+    return out
 
 
 def _ramp_down(values: np.ndarray, inside: np.ndarray, low_pct: float, high_pct: float):
@@ -61,24 +130,28 @@ def _lsqr_step(p: _common.InversionProblem, tol: float, iterations: int) -> np.n
 
     LSQR runs on ``Z = s F x`` (:func:`qsmprep.algorithms.fft.parseval_weight`), an
     isometric change of variables: the same iterates as on ``x``, one FFT per product
-    instead of two. Its vectors are float32 (:mod:`.krylov`), and the normalising scale of
-    each product is folded into the weight ``W^1/2`` it multiplies anyway."""
+    instead of two. Its vectors are float32 (:mod:`.krylov`); the residual keeps only the
+    rows (voxels) where ``W > 0`` (the others are 0 in every product), and the normalising
+    scale of each product is folded into the weight ``W^1/2`` it multiplies anyway."""
     sw = np.sqrt(_laplacian_weights(p)).reshape(-1)
+    rows = np.flatnonzero(sw).astype(_flat_index(sw.size))
+    sw_rows = sw[rows]
     s = parseval_weight(p.shape)
     d_fwd, d_adj = p.kernel / s, p.kernel * s  # Z -> W^1/2 F^-1 D Z / s; r -> s D F W^1/2 r
     kshape = p.kernel.shape
+    image = np.zeros(p.shape, np.float32)  # the adjoint's input; 0 off the rows
 
     def apply_a(z, c):
-        image = p.ifft(d_fwd * z.view(np.complex64).reshape(kshape)).reshape(-1)
-        return krylov.scaled_product(image, image, sw, c)
+        field = p.ifft(d_fwd * z.view(np.complex64).reshape(kshape)).reshape(-1)
+        return _gather_rows(field, rows, sw_rows, c)
 
     def apply_at(r, c):
-        image = krylov.scaled_product(np.empty_like(r), r, sw, c).reshape(p.shape)
+        _scatter_rows(image.reshape(-1), rows, sw_rows, r, c)
         spectrum = p.fft(image)
         spectrum *= d_adj
         return spectrum.view(np.float32).reshape(-1)
 
-    rhs = p.field_ppm.reshape(-1) * sw
+    rhs = _gather_rows(p.field_ppm.reshape(-1), rows, sw_rows, 1.0)
     z, _ = krylov.lsqr(apply_a, apply_at, rhs, atol=tol, btol=tol, iter_lim=iterations)
     return p.ifft(z.view(np.complex64).reshape(kshape) / s) * p.mask
 
@@ -97,7 +170,12 @@ def _fast_qsm(p: _common.InversionProblem, f_hat: np.ndarray, smv_radius_mm: flo
     x = p.ifft(p.fft(x) * blend) * m  # eq. 11
     inv_t = np.sign(d) / np.maximum(np.abs(d), np.float32(1 / 8))
     x_tkd = p.ifft(f_hat * inv_t)  # eq. 12
-    a, b = np.polyfit(x[m].astype(np.float64), x_tkd[m].astype(np.float64), 1)  # eq. 13
+    # eq. 13: least-squares line x_tkd ~ a x + b in the mask
+    xm, ym = x[m].astype(np.float64), x_tkd[m].astype(np.float64)
+    xc = xm - xm.mean()
+    var = float(np.dot(xc, xc))
+    a = float(np.dot(xc, ym)) / var if var > 0 else 0.0
+    b = float(ym.mean()) - a * float(xm.mean())
     return (np.float32(a) * x + np.float32(b)) * m  # eq. 14
 
 
@@ -110,31 +188,25 @@ def _artefact_step(p, x1, x_fs, *, delta: float, tol: float, iterations: int) ->
     # LSMR on Z = s F y (one FFT per product), restricted to the cone's entries of Z (the
     # others are 0 in every product) and to the rows where W_g > 0: the same iterates, with
     # LSMR's float32 vector work on ~18 % of k-space and the masked voxels instead of the
-    # whole box. The normalising scale of each product is folded into the weight s.
+    # whole box. The normalising scale of each product is folded into the scatter of the
+    # cone's entries (forward) or of the rows (adjoint).
     kshape = p.kernel.shape
     cone = np.flatnonzero(np.abs(p.kernel) < delta)
     s_cone = parseval_weight(shape).ravel()[cone % kshape[-1]]  # s varies along the last axis
-    s_pairs = np.repeat(s_cone, 2).astype(np.float32)  # per float32 of the complex entries
-    inv_s_pairs = (1.0 / s_pairs).astype(np.float32)
-    rows = np.concatenate([np.flatnonzero(w) + a * w.size for a, w in enumerate(wg)])
-    # The products scatter into and gather from buffers whose other entries stay 0.
-    spectrum = np.zeros(kshape, np.complex64)
-    residual = np.zeros((3, *shape), np.float32)
+    s_cone, inv_s = s_cone.astype(np.float32), (1.0 / s_cone).astype(np.float32)
+    grad_w = _RowGradient(wg, h)
+    spectrum = np.zeros(kshape, np.complex64)  # the entries off the cone stay 0
 
     def apply_a(z, c):
-        entries = krylov.scaled_product(np.empty_like(z), z, inv_s_pairs, c)
-        spectrum.ravel()[cone] = entries.view(np.complex64)
-        return _weighted_grad(p.ifft(spectrum), wg, h).ravel()[rows]
+        _scatter_pairs(spectrum, cone, z, inv_s, c)
+        return grad_w.apply(p.ifft(spectrum))
 
     def apply_at(r, c):
-        residual.ravel()[rows] = r
-        picked = p.fft(_weighted_grad_adjoint(residual, wg, h)).ravel()[cone]
-        picked = picked.view(np.float32)
-        return krylov.scaled_product(picked, picked, s_pairs, c)
+        return _gather_pairs(p.fft(grad_w.adjoint(r, c)), cone, s_cone, 1.0)
 
-    rhs = _weighted_grad(x1, wg, h).ravel()[rows]
-    z, _ = krylov.lsmr(apply_a, apply_at, rhs, atol=tol, btol=tol, maxiter=iterations)
-    spectrum.ravel()[cone] = krylov.scaled_product(z, z, inv_s_pairs, 1.0).view(np.complex64)
+    z, _ = krylov.lsmr(apply_a, apply_at, grad_w.apply(x1), atol=tol, btol=tol,
+                       maxiter=iterations)  # fmt: skip
+    _scatter_pairs(spectrum, cone, z, inv_s, 1.0)
     return p.ifft(spectrum) * p.mask
 
 

@@ -52,16 +52,6 @@ def axpy_sq(y: np.ndarray, a: np.ndarray, c: float) -> float:
     return _sq(y)
 
 
-def scaled_product(out: np.ndarray, a: np.ndarray, w: np.ndarray, c: float) -> np.ndarray:
-    """``out = c a w`` (1-D float32; ``out`` may be ``a``); returns ``out``."""
-    if _common._nb is not None:
-        _common._nb.scaled_product(out, a, w, _f32(c))
-    else:
-        np.multiply(a, w, out=out)
-        out *= _f32(c)
-    return out
-
-
 def _lsqr_update(x, w, v, t1, t2, sv) -> float:
     if _common._nb is not None:
         return float(_common._nb.lsqr_update(x, w, v, _f32(t1), _f32(t2), _f32(sv)))
