@@ -274,7 +274,7 @@ def test_reference_chi():
 
 
 @pytest.mark.parametrize("iterations", [1, 5, 12, 30])
-def test_lsmr_gain_from_the_histogram_equals_lsmr(iterations):
+def test_lsmr_gain_from_the_histogram_equals_lsmr(iterations, engine):
     """r(d) b from the binned measure equals scipy's LSMR on diag(d) x = b: any d range
     (ties, zeros, both signs), b with zeros, short and long runs."""
     from scipy.sparse.linalg import LinearOperator, lsmr
@@ -296,7 +296,7 @@ def test_lsmr_gain_from_the_histogram_equals_lsmr(iterations):
     assert np.abs(got - ref).max() < 1e-5 * np.abs(ref).max()
 
 
-def test_rts_lsmr_on_the_magnitude_equals_lsmr_on_the_spectrum(axial):
+def test_rts_lsmr_on_the_magnitude_equals_lsmr_on_the_spectrum(axial, engine):
     # RTS step 1 computes LSMR's polynomial r(D) from the |F|^2-weighted histogram of D and
     # applies it to F; with a real diagonal D that is LSMR on the complex F itself (computed
     # here the plain way).

@@ -507,3 +507,34 @@ def gather_pairs(out, spec, at, w, c):  # pragma: no cover - jit
         s = c * w[t]
         out[2 * t] = s * spec[q]
         out[2 * t + 1] = s * spec[q + 1]
+
+
+@numba.njit(inline="always")
+def _grid_position(di, lo, scale, top):
+    """Position of ``di`` on a uniform grid (float32) and its bin, clipped to ``[0, top]``."""
+    t = (di - lo) * scale
+    k = int(t)
+    return t, min(max(k, 0), top)
+
+
+@numba.njit(cache=True)
+def weighted_histogram(d, spectrum, lo, scale, weight, d_sum):  # pragma: no cover - jit
+    """``weight[k] += |spectrum_i|^2`` and ``d_sum[k] += |spectrum_i|^2 d_i`` over the bins
+    ``k`` of ``d_i`` (float64 sums; serial: the bins are shared)."""
+    top = weight.size - 2
+    for i in range(d.size):
+        _, k = _grid_position(d[i], lo, scale, top)
+        s = spectrum[i]
+        w = np.float64(s.real) ** 2 + np.float64(s.imag) ** 2
+        weight[k] += w
+        d_sum[k] += w * d[i]
+
+
+@numba.njit(parallel=True, fastmath=False, cache=True)
+def apply_grid_gain(spectrum, d, lo, scale, r_grid):  # pragma: no cover - jit
+    """``spectrum_i *= r(d_i)``, ``r`` linearly interpolated from its values on the grid."""
+    top = r_grid.size - 2
+    for i in numba.prange(d.size):
+        t, k = _grid_position(d[i], lo, scale, top)
+        frac = t - np.float32(k)
+        spectrum[i] *= r_grid[k] + frac * (r_grid[k + 1] - r_grid[k])

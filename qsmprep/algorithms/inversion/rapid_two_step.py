@@ -14,8 +14,27 @@ from qsmprep.algorithms.inversion import _common
 _LSMR_BINS = 1 << 16
 
 
-def _lsmr_gain(d: np.ndarray, magnitude: np.ndarray, iterations: int) -> np.ndarray:
-    """``r(d)`` such that ``iterations`` LSMR steps on ``diag(d) x = b`` give ``x = r(d) b``.
+def _grid(d: np.ndarray) -> tuple[np.float32, np.float32]:
+    """``(lo, scale)``: ``(d - lo) scale`` is the position of ``d`` on ``_LSMR_BINS`` uniform
+    points spanning its range (float32, as the kernels compute it)."""
+    lo, hi = float(d.min()), float(d.max())
+    if hi <= lo:  # a constant kernel (degenerate grid): one bin
+        hi = lo + 1.0
+    return np.float32(lo), np.float32((_LSMR_BINS - 1) / (hi - lo))
+
+
+def _bins(d: np.ndarray, lo, scale) -> tuple[np.ndarray, np.ndarray]:
+    """Position (float32) and bin index of every ``d`` (bin ``nb - 1`` holds only the
+    maximum: merged into ``nb - 2``)."""
+    t = (d - lo) * scale
+    index = t.astype(np.intp)
+    np.clip(index, 0, _LSMR_BINS - 2, out=index)
+    return t, index
+
+
+def _lsmr_polynomial(d: np.ndarray, spectrum: np.ndarray, iterations: int) -> np.ndarray:
+    """``r`` on the grid of :func:`_grid` such that ``iterations`` LSMR steps on
+    ``diag(d) x = b`` give ``x = r(d) b``, for ``|b| = |spectrum|`` (flat arrays).
 
     Every LSMR vector is a polynomial in ``diag(d)`` times ``b``, and every scalar of the
     recurrence is a sum over the entries of such polynomials squared, weighted by ``b_i^2``:
@@ -23,25 +42,23 @@ def _lsmr_gain(d: np.ndarray, magnitude: np.ndarray, iterations: int) -> np.ndar
     measure is gathered into ``_LSMR_BINS`` bins of ``d``'s range (weight ``sum b_i^2`` at the
     weighted mean ``d`` of each bin: the moments LSMR's degree-``2 iterations`` polynomials see
     are exact to the bins' variance, 1e-10 of the range squared), LSMR runs on those
-    (at most 65536) entries, and ``r`` is read on a uniform grid of ``d`` carried along with
-    a weight of 1e-100 (too small to change any scalar). ``r`` is then linearly interpolated
-    at every ``d_i``: a few passes over the spectrum instead of ``2 iterations`` passes of
-    float64 vectors.
+    (at most 65536) entries, and ``r`` is read on the uniform grid of ``d`` carried along with
+    a weight of 1e-100 (too small to change any scalar). One pass over the spectrum (numba)
+    instead of ``2 iterations`` passes of float64 vectors.
     """
-    lo, hi = float(d.min()), float(d.max())
-    if hi <= lo:  # a constant kernel (degenerate grid): one bin
-        hi = lo + 1.0
+    lo, scale = _grid(d)
     nb = _LSMR_BINS
-    scale = (nb - 1) / (hi - lo)
-    t = (d - np.float32(lo)) * np.float32(scale)  # position on the grid, in bins
-    index = t.astype(np.intp)
-    np.clip(index, 0, nb - 2, out=index)  # bin nb - 1 holds only d == hi: merged into nb - 2
-    w = magnitude.astype(np.float64) ** 2
-    weight = np.bincount(index, weights=w, minlength=nb)
-    d_sum = np.bincount(index, weights=w * d, minlength=nb)
+    if _common._nb is not None:
+        weight, d_sum = np.zeros(nb), np.zeros(nb)
+        _common._nb.weighted_histogram(d, spectrum, lo, scale, weight, d_sum)
+    else:
+        _, index = _bins(d, lo, scale)
+        w = np.abs(spectrum).astype(np.float64) ** 2
+        weight = np.bincount(index, weights=w, minlength=nb)
+        d_sum = np.bincount(index, weights=w * d, minlength=nb)
     used = weight > 0
     d_bins = d_sum[used] / weight[used]
-    grid = np.linspace(lo, hi, nb)
+    grid = float(lo) + np.arange(nb) / float(scale)
     tiny = 1e-100 * np.sqrt(weight.sum())
     diag = np.concatenate([d_bins, grid])
     rhs = np.concatenate([np.sqrt(weight[used]), np.full(nb, tiny)])
@@ -51,25 +68,42 @@ def _lsmr_gain(d: np.ndarray, magnitude: np.ndarray, iterations: int) -> np.ndar
     )  # fmt: skip
     with np.errstate(over="ignore"):  # lsmr's condition estimate may overflow; unused
         x = lsmr(op, rhs, atol=0.0, btol=0.0, conlim=0.0, maxiter=iterations)[0]
-    r_grid = (x[d_bins.size :] / tiny).astype(np.float32)
-    t -= index  # linear interpolation on the uniform grid (np.interp searches: 4x slower)
+    return (x[d_bins.size :] / tiny).astype(np.float32)
+
+
+def _apply_polynomial(spectrum: np.ndarray, d: np.ndarray, r_grid: np.ndarray) -> None:
+    """``spectrum *= r(d)`` in place (flat arrays), ``r`` linearly interpolated from the grid
+    of :func:`_grid` (np.interp would search: 4x slower)."""
+    lo, scale = _grid(d)
+    if _common._nb is not None:
+        _common._nb.apply_grid_gain(spectrum, d, lo, scale, r_grid)
+        return
+    t, index = _bins(d, lo, scale)
+    t -= index
     step = r_grid[1:] - r_grid[:-1]
-    return r_grid[index] + t * step[index]
+    spectrum *= r_grid[index] + t * step[index]
+
+
+def _lsmr_gain(d: np.ndarray, magnitude: np.ndarray, iterations: int) -> np.ndarray:
+    """``r(d)`` at every entry, for ``|b| = magnitude`` (see :func:`_lsmr_polynomial`)."""
+    r_grid = _lsmr_polynomial(d, magnitude.astype(np.complex64), iterations)
+    gain = np.ones(d.shape, np.complex64)
+    _apply_polynomial(gain, d, r_grid)
+    return gain.real.copy()
 
 
 def _well_conditioned_step(p: _common.InversionProblem, iterations: int) -> np.ndarray:
     """Step 1: a few LSMR iterations on ``D X = F`` (early stopping regularises small D).
 
     ``D`` is real and diagonal, so LSMR's result is ``X = r(D) F`` with a real polynomial
-    ``r`` that depends on ``F`` only through ``|F|^2`` (:func:`_lsmr_gain` computes it from
-    the histogram of ``D`` weighted by ``|F|^2``; the same result as LSMR on the whole
+    ``r`` that depends on ``F`` only through ``|F|^2`` (:func:`_lsmr_polynomial` computes it
+    from the histogram of ``D`` weighted by ``|F|^2``; the same result as LSMR on the whole
     spectrum to 1e-5 of its maximum, a test checks).
     """
     rhs = p.fft(p.field_ppm)
-    gain = _lsmr_gain(p.kernel.ravel(), np.abs(rhs).ravel(), iterations)
-    rhs *= gain.reshape(rhs.shape)
-    x = p.ifft(rhs)
-    return x * p.mask
+    d = p.kernel.reshape(-1)
+    _apply_polynomial(rhs.reshape(-1), d, _lsmr_polynomial(d, rhs.reshape(-1), iterations))
+    return p.ifft(rhs) * p.mask
 
 
 def _weighted_solve(spectrum, data, well, g2, rho) -> None:
