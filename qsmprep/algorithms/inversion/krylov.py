@@ -91,6 +91,22 @@ def _rotation(a: float, b: float) -> tuple[float, float, float]:
     return a / r, b / r, r
 
 
+def _converged(test1, test2, test3, x_scale, atol, btol, beta) -> bool:
+    """The stopping rules of LSQR and LSMR with ``conlim = 0``: ``test1 = ||r|| / ||b||``,
+    ``test2 = ||A^T r|| / (||A|| ||r||)``, ``test3 = 1 / cond(A)``, ``x_scale = ||A|| ||x|| /
+    ||b||``. A compatible system is solved when ``test1 <= btol + atol x_scale``, a least-
+    squares one when ``test2 <= atol``; the ``1 + t <= 1`` tests stop at machine precision;
+    ``beta = 0`` means the bidiagonalisation has ended (``b`` is in a Krylov space of ``A``)."""
+    return (
+        test1 <= btol + atol * x_scale
+        or test2 <= atol
+        or 1.0 + test1 / (1.0 + x_scale) <= 1.0
+        or 1.0 + test2 <= 1.0
+        or 1.0 + test3 <= 1.0
+        or beta == 0.0
+    )
+
+
 def _first_vectors(apply_at: Operator, b: np.ndarray):
     """``u = b`` (a float32 copy), ``beta = ||b||``, ``v = A^T u / beta`` unnormalised,
     ``alpha = ||v||``."""
@@ -158,18 +174,9 @@ def lsqr(
         acond = anorm * math.sqrt(ddnorm)
         rnorm = phibar
         arnorm = alpha * abs(tau)
-        test1 = rnorm / bnorm
         test2 = arnorm / (anorm * rnorm + _EPS)
-        test3 = 1.0 / (acond + _EPS)
-        rtol = btol + atol * anorm * xnorm / bnorm
-        if (
-            test1 <= rtol
-            or test2 <= atol
-            or 1.0 + test1 / (1.0 + anorm * xnorm / bnorm) <= 1.0
-            or 1.0 + test2 <= 1.0
-            or 1.0 + test3 <= 1.0
-            or beta == 0.0
-        ):
+        if _converged(rnorm / bnorm, test2, 1.0 / (acond + _EPS), anorm * xnorm / bnorm,
+                      atol, btol, beta):  # fmt: skip
             break
     return x, itn
 
@@ -237,17 +244,8 @@ def lsmr(
         condA = max(maxrbar, rhotemp) / min(minrbar, rhotemp)
         normar = abs(zetabar)
         normx = math.sqrt(xx)
-        test1 = normr / normb
         test2 = normar / (normA * normr) if normA * normr != 0 else math.inf
-        test3 = 1.0 / condA
-        rtol = btol + atol * normA * normx / normb
-        if (
-            test1 <= rtol
-            or test2 <= atol
-            or 1.0 + test1 / (1.0 + normA * normx / normb) <= 1.0
-            or 1.0 + test2 <= 1.0
-            or 1.0 + test3 <= 1.0
-            or beta == 0.0
-        ):
+        if _converged(normr / normb, test2, 1.0 / condA, normA * normx / normb, atol, btol,
+                      beta):  # fmt: skip
             break
     return x, itn
