@@ -158,32 +158,12 @@ def _conv(image: np.ndarray, kernel: np.ndarray, shape) -> np.ndarray:
 
 
 def _cg(apply_a: Callable, b: np.ndarray, *, tol: float, max_iter: int, x0=None):
-    """Conjugate gradient for a symmetric positive (semi)definite operator, in float32.
+    """Conjugate gradient in float32 (:func:`qsmprep.algorithms.inversion.krylov.cg`):
+    stops when ``||b - A x|| <= tol ||b||`` or after ``max_iter`` iterations. Returns
+    ``(x, n_iter, relative_residual)``."""
+    from qsmprep.algorithms.inversion import krylov  # imported here: inversion imports us
 
-    Stops when ``||b - A x|| <= tol ||b||`` or after ``max_iter`` iterations.
-    Returns ``(x, n_iter, relative_residual)``.
-    """
-    b = b.astype(np.float32, copy=False)
-    x = np.zeros_like(b) if x0 is None else x0.astype(np.float32, copy=True)
-    r = b - apply_a(x) if x0 is not None else b.copy()
-    b_norm = float(np.linalg.norm(b.ravel())) or 1.0
-    rr = float(np.vdot(r, r))
-    p = r.copy()
-    it = 0
-    while it < max_iter and np.sqrt(rr) > tol * b_norm:
-        ap = apply_a(p)
-        pap = float(np.vdot(p, ap))
-        if pap <= 0:
-            break
-        alpha = rr / pap
-        x += np.float32(alpha) * p
-        r -= np.float32(alpha) * ap
-        rr_new = float(np.vdot(r, r))
-        p *= np.float32(rr_new / rr)
-        p += r
-        rr = rr_new
-        it += 1
-    return x, it, np.sqrt(rr) / b_norm
+    return krylov.cg(apply_a, b, tol=tol, max_iter=max_iter, x0=x0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -389,10 +369,17 @@ def resharp(
         return irfftn(to_image * z.view(np.complex64), shape).astype(np.float32, copy=False)
 
     def c_adjoint(image):  # s C F image, as float32 pairs
-        return (to_spectrum * rfftn(image)).astype(np.complex64, copy=False).view(np.float32)
+        spectrum = rfftn(image).astype(np.complex64, copy=False)
+        spectrum *= to_spectrum
+        return spectrum.view(np.float32)
 
     def normal(z):
-        return c_adjoint(me * c_of(z)) + lam * z
+        image = c_of(z)
+        image *= me
+        out = c_adjoint(image)
+        if lam:
+            out += lam * z
+        return out
 
     b = c_adjoint(me * _conv(pad_to(fc, shape), hp, shape))
     z, _, _ = _cg(normal, b, tol=tol, max_iter=max_iter)

@@ -73,3 +73,51 @@ def test_lsqr_and_lsmr_zero_rhs_and_consistent_system(engine):
         x, itn = solver(*_operators(well, []), well @ truth, atol=1e-6, btol=1e-6,
                         **{key: 50})  # fmt: skip
         assert np.abs(x - truth).max() < 1e-5 and itn < 50
+
+
+def _cg64(a, b, tol, limit, x0):
+    """Textbook CG in float64, the reference for :func:`krylov.cg`."""
+    x = x0.astype(np.float64).copy()
+    r = b - a @ x
+    p, rr, it = r.copy(), r @ r, 0
+    while it < limit and np.sqrt(rr) > tol * np.linalg.norm(b):
+        ap = a @ p
+        alpha = rr / (p @ ap)
+        x, r = x + alpha * p, r - alpha * ap
+        rr, rr_old = r @ r, rr
+        p = r + (rr / rr_old) * p
+        it += 1
+    return x, it
+
+
+@pytest.mark.parametrize(("tol", "limit"), [(0.0, 1), (0.0, 10), (1e-3, 500), (1e-4, 500)])
+@pytest.mark.parametrize("start", [False, True])
+def test_cg_equals_the_textbook_recurrence(engine, tol, limit, start):
+    rng = np.random.default_rng(limit)
+    q, _ = np.linalg.qr(rng.standard_normal((80, 80)))
+    a = ((q * np.logspace(0, -1.5, 80)) @ q.T).astype(np.float32)  # SPD, cond 30
+    b = rng.standard_normal((8, 10)).astype(np.float32)  # any shape: A acts on the flat vector
+    x0 = rng.standard_normal(80).astype(np.float32) if start else np.zeros(80, np.float32)
+    calls = []
+
+    def apply_a(v):
+        calls.append(v.shape)
+        return (a @ v.reshape(-1)).reshape(v.shape)
+
+    x, itn, res = krylov.cg(apply_a, b, tol=tol, max_iter=limit,
+                            x0=x0.reshape(8, 10) if start else None)  # fmt: skip
+    ref, ref_itn = _cg64(a.astype(np.float64), b.reshape(-1).astype(np.float64), tol, limit, x0)
+    assert x.shape == b.shape and x.dtype == np.float32
+    assert itn == ref_itn and all(c == b.shape for c in calls)
+    assert np.abs(x.reshape(-1) - ref).max() < 1e-4 * np.abs(ref).max()
+    true_res = np.linalg.norm(b.reshape(-1) - a @ x.reshape(-1)) / np.linalg.norm(b)
+    assert res == pytest.approx(true_res, rel=1e-2, abs=1e-6)
+    if tol > 0:
+        assert res <= tol and itn < limit
+
+
+def test_cg_stops_on_a_null_direction(engine):
+    """``p^T A p = 0`` (here A = 0): no division by zero, x stays at the start."""
+    x, itn, res = krylov.cg(lambda v: np.zeros_like(v), np.ones(5, np.float32), tol=1e-6,
+                            max_iter=10)  # fmt: skip
+    assert itn == 0 and not x.any() and res == pytest.approx(1.0)

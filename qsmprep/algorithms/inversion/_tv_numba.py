@@ -538,3 +538,33 @@ def apply_grid_gain(spectrum, d, lo, scale, r_grid):  # pragma: no cover - jit
         t, k = _grid_position(d[i], lo, scale, top)
         frac = t - np.float32(k)
         spectrum[i] *= r_grid[k] + frac * (r_grid[k + 1] - r_grid[k])
+
+
+@numba.njit(parallel=True, fastmath=False, cache=True)
+def dot(a, b):  # pragma: no cover - jit
+    """``sum a b`` of two 1-D float32 arrays (float32 within blocks, float64 across)."""
+    n = a.size
+    parts = np.zeros((n + _BLOCK - 1) // _BLOCK)
+    for blk in numba.prange(parts.size):
+        acc = np.float32(0.0)
+        for i in range(blk * _BLOCK, min((blk + 1) * _BLOCK, n)):
+            acc += a[i] * b[i]
+        parts[blk] = acc
+    return parts.sum()
+
+
+@numba.njit(parallel=True, fastmath=False, cache=True)
+def cg_update(x, r, p, ap, alpha):  # pragma: no cover - jit
+    """CG's ``x += alpha p; r -= alpha ap`` in place (1-D float32); returns the new
+    ``sum r^2``."""
+    n = x.size
+    parts = np.zeros((n + _BLOCK - 1) // _BLOCK)
+    for blk in numba.prange(parts.size):
+        acc = np.float32(0.0)
+        for i in range(blk * _BLOCK, min((blk + 1) * _BLOCK, n)):
+            x[i] += alpha * p[i]
+            ri = r[i] - alpha * ap[i]
+            r[i] = ri
+            acc += ri * ri
+        parts[blk] = acc
+    return parts.sum()

@@ -1,9 +1,11 @@
-"""float32 LSQR and LSMR for the FFT-based operators of the inversions.
+"""float32 Krylov solvers for the FFT-based operators of background removal and inversion.
 
-Both solve ``min_x ||A x - b||_2`` (no damping) by Golub-Kahan bidiagonalisation, with
-the recurrences, norm estimates and stopping tests of the published algorithms (those of
-``scipy.sparse.linalg.lsqr``/``lsmr`` with ``damp = 0, conlim = 0``). They differ from
-scipy's in how the vectors are kept, not in the iterates:
+:func:`cg` solves ``A x = b`` for a symmetric positive semi-definite ``A`` (RESHARP, PDF,
+LBV, MEDI's Gauss-Newton steps) by the textbook recurrence (Hestenes & Stiefel 1952).
+:func:`lsqr` and :func:`lsmr` solve ``min_x ||A x - b||_2`` (no damping) by Golub-Kahan
+bidiagonalisation, with the recurrences, norm estimates and stopping tests of the published
+algorithms (those of ``scipy.sparse.linalg.lsqr``/``lsmr`` with ``damp = 0, conlim = 0``).
+They differ from scipy's in how the vectors are kept, not in the iterates:
 
 * every vector is float32 (scipy's are float64: twice the memory traffic on the
   k-space-sized unknowns of the inversions);
@@ -11,15 +13,17 @@ scipy's in how the vectors are kept, not in the iterates:
   is passed to the operator as a scale, which the caller folds into a product it makes
   anyway (a k-space factor or a weight);
 * each update of ``x`` and the search directions is one fused pass that also returns the
-  norm the tests need (numba kernels; numpy otherwise).
+  norm the tests need (numba kernels; numpy otherwise). CG's updates are fused likewise.
 
-The operators are ``apply_a(v, c) = c A v`` and ``apply_at(u, c) = c A^T u``, taking and
-returning 1-D float32 arrays (a complex unknown is passed as its float32 view). Their
-results may be new arrays or scratch the caller reuses; they are consumed before the next
-call.
+The operators of LSQR and LSMR are ``apply_a(v, c) = c A v`` and
+``apply_at(u, c) = c A^T u``, taking and returning 1-D float32 arrays (a complex unknown
+is passed as its float32 view). Their results may be new arrays or scratch the caller
+reuses; they are consumed before the next call.
 
 References
 ----------
+Hestenes MR, Stiefel E. Methods of conjugate gradients for solving linear systems. J Res
+Natl Bur Stand 1952;49:409-436. doi:10.6028/jres.049.044
 Paige CC, Saunders MA. LSQR: an algorithm for sparse linear equations and sparse least
 squares. ACM Trans Math Softw 1982;8:43-71. doi:10.1145/355984.355989
 Fong DC-L, Saunders MA. LSMR: an iterative algorithm for sparse least-squares problems.
@@ -89,6 +93,61 @@ def _rotation(a: float, b: float) -> tuple[float, float, float]:
     if r == 0.0:
         return 1.0, 0.0, 0.0
     return a / r, b / r, r
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> float:
+    """``sum a b`` (float64 across blocks)."""
+    if _common._nb is not None:
+        return float(_common._nb.dot(a, b))
+    parts = max(1, a.size // 65536)
+    return sum(
+        float(np.dot(x, y))
+        for x, y in zip(np.array_split(a, parts), np.array_split(b, parts), strict=True)
+    )
+
+
+def _cg_update(x, r, p, ap, alpha) -> float:
+    if _common._nb is not None:
+        return float(_common._nb.cg_update(x, r, p, ap, _f32(alpha)))
+    x += _f32(alpha) * p
+    r -= _f32(alpha) * ap
+    return _sq(r)
+
+
+def cg(
+    apply_a: Callable[[np.ndarray], np.ndarray], b: np.ndarray, *, tol: float, max_iter: int,
+    x0: np.ndarray | None = None,
+) -> tuple[np.ndarray, int, float]:  # fmt: skip
+    """Conjugate gradient for ``A x = b``, ``A`` symmetric positive semi-definite, float32.
+
+    ``apply_a`` takes and returns float32 arrays shaped like ``b``. Stops when
+    ``||b - A x|| <= tol ||b||``, after ``max_iter`` iterations, or when ``p^T A p <= 0``
+    (``p`` in the null space). Each iteration is one product, one dot product and two fused
+    passes (``x``, ``r`` and ``||r||^2``; then ``p``). Returns ``(x, iterations,
+    ||b - A x|| / ||b||)``.
+    """
+    b = np.ascontiguousarray(b, dtype=np.float32)
+    shape = b.shape
+    r = b.reshape(-1).copy()
+    b_norm = math.sqrt(_sq(r)) or 1.0
+    if x0 is None:
+        x = np.zeros_like(r)
+    else:
+        x = np.array(x0, dtype=np.float32).reshape(-1)
+        r -= np.asarray(apply_a(x.reshape(shape)), np.float32).reshape(-1)
+    rr = _sq(r)
+    p = r.copy()
+    it = 0
+    while it < max_iter and math.sqrt(rr) > tol * b_norm:
+        ap = np.ascontiguousarray(apply_a(p.reshape(shape)), dtype=np.float32).reshape(-1)
+        pap = _dot(p, ap)
+        if pap <= 0:
+            break
+        rr_new = _cg_update(x, r, p, ap, rr / pap)
+        axpy_sq(p, r, rr_new / rr)  # p = r + beta p
+        rr = rr_new
+        it += 1
+    return x.reshape(shape), it, math.sqrt(rr) / b_norm
 
 
 def _converged(test1, test2, test3, x_scale, atol, btol, beta) -> bool:

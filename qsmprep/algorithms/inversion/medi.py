@@ -7,12 +7,12 @@ ppm*mm meaning of :func:`~qsmprep.algorithms.inversion.tv`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
 
-from qsmprep.algorithms.inversion import _common
+from qsmprep.algorithms.inversion import _common, krylov
 from qsmprep.algorithms.inversion.nonlinear import (
     DEFAULT_PHASE_SCALE,
     _as_box,
@@ -38,26 +38,6 @@ def edge_mask(
     g = [np.abs(gi) for gi in _common.grad(mag.astype(np.float32), p.voxel_size_mm)]
     threshold = np.quantile(np.concatenate([gi[p.mask] for gi in g]), edge_percentage)
     return [(gi <= threshold).astype(np.float32) for gi in g]
-
-
-def _cg(apply_a: Callable, b: np.ndarray, *, tol: float, max_iterations: int) -> np.ndarray:
-    """Conjugate gradient from 0 for ``A x = b`` (``A`` symmetric positive semi-definite)."""
-    x = np.zeros_like(b)
-    r = b.copy()
-    p = r.copy()
-    rr = float(np.vdot(r, r))
-    stop = tol * tol * rr
-    for _ in range(max_iterations):
-        if rr <= stop or rr == 0:
-            break
-        ap = apply_a(p)
-        alpha = rr / float(np.vdot(p, ap))
-        x += np.float32(alpha) * p
-        r -= np.float32(alpha) * ap
-        rr_new = float(np.vdot(r, r))
-        p = r + np.float32(rr_new / rr) * p
-        rr = rr_new
-    return x
 
 
 def grad_t_weighted_grad(v: np.ndarray, c: Sequence[np.ndarray], voxel_size_mm) -> np.ndarray:
@@ -93,7 +73,7 @@ def _gauss_newton(p, w, mg, *, lam, s, beta, tol, max_iterations, cg_tol, cg_max
 
         data = dconv(w2 * np.sin(np.float32(s) * (dconv(x) - f)) / np.float32(s))
         b = -(grad_t_weighted_grad(x, pw, h) + data)
-        dx = _cg(hess, b, tol=cg_tol, max_iterations=cg_max_iterations)
+        dx = krylov.cg(hess, b, tol=cg_tol, max_iter=cg_max_iterations)[0]
         x += dx
         if np.linalg.norm(dx) < tol * max(float(np.linalg.norm(x)), 1e-30):
             break
