@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from qsmprep.algorithms.inversion import _common
+from qsmprep.algorithms.inversion import _common, krylov
 
 
 def _cg_band_fit(
@@ -18,29 +18,16 @@ def _cg_band_fit(
     tol: float,
     max_iterations: int,
 ) -> tuple[np.ndarray, int]:
-    """CG on ``M IFFT(K FFT(M x)) = rhs`` for x on the mask; returns (x, iterations)."""
+    """CG (:func:`.krylov.cg`) on ``M IFFT(K FFT(M x)) = rhs`` for x on the mask; returns
+    (x, iterations)."""
     m = p.mask.astype(np.float32)
 
     def normal(x):
-        return m * p.ifft(band * p.fft(m * x))
+        y = p.ifft(band * p.fft(m * x))
+        y *= m
+        return y
 
-    x = np.zeros_like(rhs)
-    r = rhs.copy()
-    s = r.copy()
-    rr = float(np.vdot(r, r))
-    stop = (tol * np.sqrt(rr)) ** 2
-    it = 0
-    for it in range(1, max_iterations + 1):
-        if rr <= stop:
-            it -= 1
-            break
-        a_s = normal(s)
-        alpha = rr / float(np.vdot(s, a_s))
-        x += np.float32(alpha) * s
-        r -= np.float32(alpha) * a_s
-        rr_new = float(np.vdot(r, r))
-        s = r + np.float32(rr_new / rr) * s
-        rr = rr_new
+    x, it, _ = krylov.cg(normal, rhs, tol=tol, max_iter=max_iterations)
     return x, it
 
 
