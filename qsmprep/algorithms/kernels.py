@@ -154,15 +154,18 @@ def smv_kernel(
     support (float64): a few matrix products instead of a full-grid float64 FFT, the same
     kernel to rounding.
     """
-    support, signed = [], []
-    for n, d in zip(shape, voxel_size_mm, strict=True):
+    signed, coords = [], []
+    for i, (n, d) in enumerate(zip(shape, voxel_size_mm, strict=True)):
         j = np.fft.fftfreq(int(n), d=1.0 / int(n))  # signed indices, as in sphere_mask
-        keep = np.abs(j * float(d)) <= float(radius_mm) * np.sqrt(1.0 + 1e-4)
-        signed.append(j[keep])
-        support.append(keep)
-    grid = np.ix_(*support)
-    ball = sphere_mask(shape, voxel_size_mm=voxel_size_mm, radius_mm=radius_mm)[grid]
-    ball = ball.astype(np.float64) / ball.sum()
+        j = j[np.abs(j * float(d)) <= float(radius_mm) * np.sqrt(1.0 + 1e-4)]
+        signed.append(j)
+        view = [1, 1, 1]
+        view[i] = j.size
+        coords.append((j * float(d)).reshape(view))
+    # sphere_mask's test, on the ball's support only
+    r2 = coords[0] ** 2 + coords[1] ** 2 + coords[2] ** 2
+    ball = (r2 <= float(radius_mm) ** 2 * (1.0 + 1e-4)).astype(np.float64)
+    ball /= ball.sum()
     cos = []
     for i, (n, j) in enumerate(zip(shape, signed, strict=True)):
         k = np.arange(int(n) // 2 + 1 if i == 2 else int(n))
