@@ -568,3 +568,28 @@ def cg_update(x, r, p, ap, alpha):  # pragma: no cover - jit
             acc += ri * ri
         parts[blk] = acc
     return parts.sum()
+
+
+@numba.njit(parallel=True, fastmath=False, cache=True)
+def ndi_update(xk, spectrum, d, tau, lam, out):  # pragma: no cover - jit
+    """NDI's step in k-space, in place: ``dx = tau (d F + lam x)``, ``x -= dx`` and
+    ``out = d x`` (the next ``D chi``). Returns ``(||dx||, ||x||)`` over the entries (float64
+    sums)."""
+    n0, n1, n2 = xk.shape
+    dsum = np.zeros(n0)
+    xsum = np.zeros(n0)
+    for i in numba.prange(n0):
+        a = 0.0
+        b = 0.0
+        for j in range(n1):
+            for k in range(n2):
+                dk = d[i, j, k]
+                dx = tau * (dk * spectrum[i, j, k] + lam * xk[i, j, k])
+                x = xk[i, j, k] - dx
+                xk[i, j, k] = x
+                out[i, j, k] = dk * x
+                a += np.float64(dx.real) ** 2 + np.float64(dx.imag) ** 2
+                b += np.float64(x.real) ** 2 + np.float64(x.imag) ** 2
+        dsum[i] = a
+        xsum[i] = b
+    return np.sqrt(dsum.sum()), np.sqrt(xsum.sum())

@@ -296,10 +296,27 @@ def ndi(
     w2 = (w / w.max()) ** 2 / np.float32(s)
     d, f = p.kernel, p.field_ppm
     xk = np.zeros(d.shape, np.complex64)  # chi = 0 (rfft layout, like D)
+    d_chi = np.zeros_like(xk)  # D chi
     for _ in range(max_iterations):
-        r = w2 * np.sin(np.float32(s) * (p.ifft(d * xk) - f))
-        dxk = np.float32(tau) * (d * p.fft(r) + np.float32(lam) * xk)
-        xk -= dxk
-        if np.linalg.norm(dxk) < tol * max(float(np.linalg.norm(xk)), 1e-30):
+        r = p.ifft(d_chi)  # w2 sin(s (D chi - f)), in place (numpy's sin is vectorised)
+        r -= f
+        r *= np.float32(s)
+        np.sin(r, out=r)
+        r *= w2
+        step_norm, chi_norm = _ndi_update(xk, p.fft(r), d, tau, lam, d_chi)
+        if step_norm < tol * max(chi_norm, 1e-30):
             break
     return p.to_image(p.ifft(xk))
+
+
+def _ndi_update(xk, spectrum, d, tau, lam, d_chi) -> tuple[float, float]:
+    """``dx = tau (D F + lambda x)``, ``x -= dx``, ``d_chi = D x`` in place (one numba pass);
+    returns ``(||dx||, ||x||)`` over the half spectrum's entries."""
+    if _common._nb is not None:
+        step, norm = _common._nb.ndi_update(xk, spectrum, d, np.float32(tau), np.float32(lam),
+                                            d_chi)  # fmt: skip
+        return float(step), float(norm)
+    dxk = np.float32(tau) * (d * spectrum + np.float32(lam) * xk)
+    xk -= dxk
+    np.multiply(d, xk, out=d_chi)
+    return float(np.linalg.norm(dxk)), float(np.linalg.norm(xk))
