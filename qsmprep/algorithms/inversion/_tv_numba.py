@@ -436,19 +436,6 @@ def lsmr_update(x, h, hbar, v, c_hbar, c_x, c_h, sv):  # pragma: no cover - jit
 
 
 @numba.njit(parallel=True, fastmath=False, cache=True)
-def sum_sq(y):  # pragma: no cover - jit
-    """``sum y^2`` of a 1-D float32 array (float32 within blocks, float64 across)."""
-    n = y.size
-    parts = np.zeros((n + _BLOCK - 1) // _BLOCK)
-    for b in numba.prange(parts.size):
-        acc = np.float32(0.0)
-        for i in range(b * _BLOCK, min((b + 1) * _BLOCK, n)):
-            acc += y[i] * y[i]
-        parts[b] = acc
-    return parts.sum()
-
-
-@numba.njit(parallel=True, fastmath=False, cache=True)
 def rescale_dual(u0, u1, u2, w0, w1, w2, cw, cu):  # pragma: no cover - jit
     """``w += cw u; u *= cu`` in place, for the three components, in one pass."""
     n0, n1, n2 = u0.shape

@@ -82,7 +82,7 @@ def _lsmr_update(x, h, hbar, v, c_hbar, c_x, c_h, sv) -> float:
 def _sq(v: np.ndarray) -> float:
     """``sum v^2`` (float64 across blocks)."""
     if _common._nb is not None:
-        return float(_common._nb.sum_sq(v))
+        return float(_common._nb.dot(v, v))
     return sum(float(np.dot(c, c)) for c in np.array_split(v, max(1, v.size // 65536)))
 
 
