@@ -208,9 +208,8 @@ def lsqr(
     itn = 0
     while itn < iter_lim:
         itn += 1
-        beta_prev = beta
-        beta, alpha_new = _bidiagonalise(apply_a, apply_at, u, beta_prev, v, alpha)
-        if beta > 0:
+        beta, alpha_new = _bidiagonalise(apply_a, apply_at, u, beta, v, alpha)
+        if beta > 0:  # ||A|| grows by the old alpha and the new beta
             anorm = math.sqrt(anorm**2 + alpha**2 + beta**2)
         alpha = alpha_new
         cs, sn, rho = _rotation(rhobar, beta)
@@ -265,8 +264,7 @@ def lsmr(
     itn = 0
     while itn < maxiter:
         itn += 1
-        beta, alpha_new = _bidiagonalise(apply_a, apply_at, u, beta, v, alpha)
-        alpha = alpha_new if beta > 0 else alpha
+        beta, alpha = _bidiagonalise(apply_a, apply_at, u, beta, v, alpha)
         # damp = 0: the rotation that eliminates it is the identity, alphahat = alphabar
         rhoold = rho
         c, s, rho = _rotation(alphabar, beta)

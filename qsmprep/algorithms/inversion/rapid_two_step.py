@@ -84,14 +84,6 @@ def _apply_polynomial(spectrum: np.ndarray, d: np.ndarray, r_grid: np.ndarray) -
     spectrum *= r_grid[index] + t * step[index]
 
 
-def _lsmr_gain(d: np.ndarray, magnitude: np.ndarray, iterations: int) -> np.ndarray:
-    """``r(d)`` at every entry, for ``|b| = magnitude`` (see :func:`_lsmr_polynomial`)."""
-    r_grid = _lsmr_polynomial(d, magnitude.astype(np.complex64), iterations)
-    gain = np.ones(d.shape, np.complex64)
-    _apply_polynomial(gain, d, r_grid)
-    return gain.real.copy()
-
-
 def _well_conditioned_step(p: _common.InversionProblem, iterations: int) -> np.ndarray:
     """Step 1: a few LSMR iterations on ``D X = F`` (early stopping regularises small D).
 
