@@ -327,33 +327,57 @@ def test_rts_lsmr_on_the_magnitude_equals_lsmr_on_the_spectrum(axial, engine):
 
 
 def test_rts_x_step_solves_its_normal_equation(engine):
-    # RTS step 2's x-step: (well + rho |G|^2) X = data + rho S in one pass, k = 0 kept at
-    # data + rho S (no data, no penalty there).
+    # RTS step 2's x-step: (mu K + rho |G|^2) X = data + rho S in one pass, |G|^2 the sum of
+    # its separable terms; k = 0 kept at data + rho S (no data, no penalty there).
     from qsmprep.algorithms.inversion import rapid_two_step
 
     rng = np.random.default_rng(3)
     shape = (6, 7, 4)
     spectrum = (rng.normal(size=shape) + 1j * rng.normal(size=shape)).astype(np.complex64)
     data = (rng.normal(size=shape) + 1j * rng.normal(size=shape)).astype(np.complex64)
-    well = np.where(rng.random(shape) > 0.5, np.float32(1e5), np.float32(0))
-    g2 = rng.random(shape).astype(np.float32) + np.float32(0.1)
-    well[0, 0, 0] = g2[0, 0, 0] = 0
-    rho = np.float32(50.0)
-    expected = (data + rho * spectrum) / (well + rho * g2 + (well + g2 == 0))
+    well = rng.random(shape) > 0.5
+    axes = [rng.random(n).astype(np.float32) + np.float32(0.1) for n in shape]
+    for a in axes:
+        a[0] = 0
+    well[0, 0, 0] = False
+    g2 = axes[0][:, None, None] + axes[1][None, :, None] + axes[2][None, None, :]
+    mu, rho = np.float32(1e5), np.float32(50.0)
+    den = np.where(well, mu, 0) + rho * g2
+    expected = (data + rho * spectrum) / (den + (den == 0))
     got = spectrum.copy()
-    rapid_two_step._weighted_solve(got, data, well, g2, rho)
+    rapid_two_step._weighted_solve(got, data, well, mu, axes, rho)
     np.testing.assert_allclose(got, expected, rtol=2e-6, atol=0)
     assert got[0, 0, 0] == pytest.approx(data[0, 0, 0] + rho * spectrum[0, 0, 0], rel=1e-6)
 
 
-def test_rescale_dual_keeps_w_equal_z_minus_u(engine):
-    # After rho *= gamma the scaled dual is u / gamma, and w = z - u must follow it.
+def test_separable_grad_sq_sums_to_the_full_one():
+    p = _common.setup(np.zeros((9, 10, 11), np.float32), np.ones((9, 10, 11), bool),
+                      voxel_size_mm=(1.0, 2.0, 0.7), b0_direction=(0, 0, 1))  # fmt: skip
+    g0, g1, g2 = p.grad_sq_axes()
+    full = g0[:, None, None] + g1[None, :, None] + g2[None, None, :]
+    np.testing.assert_allclose(full, p.grad_sq(), rtol=1e-5, atol=1e-6)
+
+
+def test_pending_dual_rescale_equals_rescaling_u_and_w(engine):
+    """After rho *= gamma the scaled dual is u / gamma and w = z - u must follow it. RTS does
+    not rewrite u and w: the adjoint takes ``w + (1 - 1/gamma) u`` and the next split reads
+    ``u / gamma``. Both must equal rescaling the arrays first."""
     rng = np.random.default_rng(4)
-    shape = (5, 6, 7)
-    z = [rng.normal(size=shape).astype(np.float32) for _ in range(3)]
+    shape, h, gamma = (5, 6, 11), (1.0, 2.0, 3.0), 5.0
+    x = rng.normal(size=shape).astype(np.float32)
+    x2 = rng.normal(size=shape).astype(np.float32)
     u = [rng.normal(size=shape).astype(np.float32) for _ in range(3)]
-    w = [zi - ui for zi, ui in zip(z, u, strict=True)]
-    _common.rescale_dual(u, w, 5.0)
-    for zi, ui, wi, u0 in zip(z, u, w, [a * 5 for a in u], strict=True):
-        np.testing.assert_allclose(ui, u0 / 5, rtol=1e-6)
-        np.testing.assert_allclose(wi, zi - ui, atol=1e-6)
+    w = [np.empty_like(x) for _ in range(3)]
+    _common.split_update(x, u, w, 0.3, h)
+    # reference: rescale the arrays, then the adjoint and the next split
+    u_ref = [ui / np.float32(gamma) for ui in u]
+    w_ref = [wi + np.float32(1 - 1 / gamma) * ui for wi, ui in zip(w, u, strict=True)]
+    adj_ref = _common.grad_adjoint(w_ref, h)
+    r_ref = _common.split_update(x2, u_ref, w_ref, 0.3 / gamma, h, residual=True)
+    # pending: the same from the unrescaled arrays
+    adj = _common.split_adjoint(w, h, plus=(u, 1 - 1 / gamma))
+    r = _common.split_update(x2, u, w, 0.3 / gamma, h, residual=True, u_scale=1 / gamma)
+    np.testing.assert_allclose(adj, adj_ref, rtol=1e-5, atol=1e-5)
+    assert r == pytest.approx(r_ref, rel=1e-5)
+    for a, b in zip(u + w, u_ref + w_ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -97,6 +97,13 @@ class InversionProblem:
         """``|G(k)|^2`` (1/mm^2) of the forward-difference gradient, i.e. ``-L(k)``."""
         return -laplacian_kernel(self.shape, voxel_size_mm=self.voxel_size_mm)
 
+    def grad_sq_axes(self) -> list[np.ndarray]:
+        """:meth:`grad_sq`'s three separable terms as 1-D float32 arrays (rfft layout):
+        ``|G(k)|^2 = g0[i] + g1[j] + g2[k]``, ``g_a = 2 (1 - cos(2 pi k_a h_a)) / h_a^2``."""
+        k = _fft.kspace_grid(self.shape, self.voxel_size_mm, real=True)
+        return [(2.0 * (1.0 - np.cos(2 * np.pi * ka.ravel() * h)) / h**2).astype(np.float32)
+                for ka, h in zip(k, self.voxel_size_mm, strict=True)]  # fmt: skip
+
     def to_image(self, chi_padded: np.ndarray) -> np.ndarray:
         """Crop the padded solution, put it back on the input grid, zero outside the mask."""
         box_shape = tuple(s.stop - s.start for s in self.box)
@@ -171,22 +178,27 @@ def setup(
     )
 
 
-def split_update(x, u, w, threshold, voxel_size_mm, *, residual: bool = False) -> float:
+def split_update(
+    x, u, w, threshold, voxel_size_mm, *, residual: bool = False, u_scale: float = 1.0
+) -> float:
     """ADMM split step for anisotropic TV, in place: ``z = shrink(grad x + u, t)``,
     ``u <- grad x + u - z``, and ``w <- z - u``, all the x-step needs of ``z``
     (:func:`split_adjoint`); ``z`` itself is never stored.
 
-    ``u`` and ``w`` are lists of three float32 arrays shaped like ``x``. Returns the primal
+    ``u`` and ``w`` are lists of three float32 arrays shaped like ``x``. The dual actually
+    used is ``u_scale * u`` (a rescaling after a penalty change, applied here instead of in
+    a pass of its own; the stored ``u`` is the true dual again afterwards). Returns the primal
     residual ``sum_voxels |grad x - z|_2`` when ``residual``, else 0. Uses a fused numba kernel
     when numba is installed, numpy otherwise (same result).
     """
     if _nb is not None:
         ih = [np.float32(1.0 / h) for h in voxel_size_mm]
-        total = float(_nb.split_update(x, *u, *w, np.float32(threshold), *ih))
+        t, cu = np.float32(threshold), np.float32(u_scale)
+        total = float(_nb.split_update(x, *u, *w, t, cu, *ih))
         return total if residual else 0.0
     res = np.zeros(x.shape, np.float32) if residual else None
     for gi, ui, wi in zip(grad(x, voxel_size_mm), u, w, strict=True):
-        p = gi + ui
+        p = gi + ui if u_scale == 1.0 else gi + np.float32(u_scale) * ui
         zi = shrink(p, threshold)
         ui[...] = p - zi
         wi[...] = zi - ui
@@ -195,25 +207,24 @@ def split_update(x, u, w, threshold, voxel_size_mm, *, residual: bool = False) -
     return float(np.sqrt(res).sum(dtype=np.float64)) if residual else 0.0
 
 
-def rescale_dual(u, w, gamma: float) -> None:
-    """After ``rho *= gamma``: the scaled dual ``u <- u / gamma`` and ``w = z - u`` with it,
-    ``w <- w + (1 - 1 / gamma) u``, in place (one pass with numba)."""
-    cw, cu = np.float32(1.0 - 1.0 / gamma), np.float32(1.0 / gamma)
-    if _nb is not None:
-        _nb.rescale_dual(*u, *w, cw, cu)
-        return
-    for ui, wi in zip(u, w, strict=True):
-        wi += ui * cw
-        ui *= cu
-
-
-def split_adjoint(w, voxel_size_mm) -> np.ndarray:
+def split_adjoint(w, voxel_size_mm, *, plus=None) -> np.ndarray:
     """``grad^T w`` (``w = z - u`` from :func:`split_update`): the image-space part of the
-    ADMM x-step right-hand side."""
+    ADMM x-step right-hand side. ``plus=(u, c)`` gives ``grad^T (w + c u)`` in the same pass.
+
+    With scaled duals, a penalty change ``rho <- gamma rho`` makes the dual ``u / gamma`` and
+    ``w = z - u / gamma = w + (1 - 1 / gamma) u``: ``plus=(u, 1 - 1 / gamma)`` here and
+    ``u_scale = 1 / gamma`` in the next :func:`split_update` apply it without rewriting
+    ``u`` and ``w``."""
+    ih = [np.float32(1.0 / h) for h in voxel_size_mm]
+    if plus is None:
+        if _nb is not None:
+            return _nb.grad_adjoint(*w, *ih)
+        return grad_adjoint(w, voxel_size_mm)
+    u, c = plus
     if _nb is not None:
-        ih = [np.float32(1.0 / h) for h in voxel_size_mm]
-        return _nb.grad_adjoint(*w, *ih)
-    return grad_adjoint(w, voxel_size_mm)
+        return _nb.grad_adjoint_sum(*w, *u, np.float32(c), *ih)
+    return grad_adjoint([wi + np.float32(c) * ui for wi, ui in zip(w, u, strict=True)],
+                        voxel_size_mm)  # fmt: skip
 
 
 def split_adjoint_update(x, u, spare, threshold, voxel_size_mm) -> np.ndarray:

@@ -50,8 +50,9 @@ def _row_sum(buf, n):
 
 
 @numba.njit(parallel=True, fastmath=False, cache=True)
-def split_update(x, u0, u1, u2, w0, w1, w2, t, ih0, ih1, ih2):  # pragma: no cover - jit
-    """z = shrink(grad x + u, t); u = grad x + u - z; w = z - u (in place). Returns
+def split_update(x, u0, u1, u2, w0, w1, w2, t, cu, ih0, ih1, ih2):  # pragma: no cover - jit
+    """z = shrink(grad x + cu u, t); u = grad x + cu u - z; w = z - u (in place; ``cu``
+    applies a pending rescaling of the stored dual, 1 otherwise, exact). Returns
     sum |grad x - z|_2 over the voxels: each voxel's term goes to a row buffer, so the voxel
     loop vectorises, and the row is summed by :func:`_row_sum` (float64 across rows)."""
     n0, n1, n2 = x.shape
@@ -68,9 +69,9 @@ def split_update(x, u0, u1, u2, w0, w1, w2, t, ih0, ih1, ih2):  # pragma: no cov
                 g0 = (x[ip, j, k] - xc) * ih0
                 g1 = (x[i, jp, k] - xc) * ih1
                 g2 = (x[i, j, kp] - xc) * ih2
-                p0 = g0 + u0[i, j, k]
-                p1 = g1 + u1[i, j, k]
-                p2 = g2 + u2[i, j, k]
+                p0 = g0 + cu * u0[i, j, k]
+                p1 = g1 + cu * u1[i, j, k]
+                p2 = g2 + cu * u2[i, j, k]
                 s0 = _shrink(p0, t)
                 s1 = _shrink(p1, t)
                 s2 = _shrink(p2, t)
@@ -101,6 +102,25 @@ def grad_adjoint(w0, w1, w2, ih0, ih1, ih2):  # pragma: no cover - jit
                     (w0[im, j, k] - w0[i, j, k]) * ih0
                     + (w1[i, jm, k] - w1[i, j, k]) * ih1
                     + (w2[i, j, km] - w2[i, j, k]) * ih2
+                )
+    return out
+
+
+@numba.njit(parallel=True, fastmath=False, cache=True)
+def grad_adjoint_sum(w0, w1, w2, u0, u1, u2, c, ih0, ih1, ih2):  # pragma: no cover - jit
+    """grad^T (w + c u) for forward differences with periodic boundaries."""
+    n0, n1, n2 = w0.shape
+    out = np.empty(w0.shape, dtype=np.float32)
+    for i in numba.prange(n0):
+        im = i - 1 if i > 0 else n0 - 1
+        for j in range(n1):
+            jm = j - 1 if j > 0 else n1 - 1
+            for k in range(n2):
+                km = k - 1 if k > 0 else n2 - 1
+                out[i, j, k] = (
+                    (w0[im, j, k] + c * u0[im, j, k] - w0[i, j, k] - c * u0[i, j, k]) * ih0
+                    + (w1[i, jm, k] + c * u1[i, jm, k] - w1[i, j, k] - c * u1[i, j, k]) * ih1
+                    + (w2[i, j, km] + c * u2[i, j, km] - w2[i, j, k] - c * u2[i, j, k]) * ih2
                 )
     return out
 
@@ -172,17 +192,22 @@ def spectra_step(fa, fr, wa, wr, cd):  # pragma: no cover - jit
 
 
 @numba.njit(parallel=True, fastmath=False, cache=True)
-def weighted_solve(spectrum, data, well, g2, rho):  # pragma: no cover - jit
-    """RTS x-step in k-space, in place: spectrum = (data + rho spectrum) / (well + rho g2),
-    with a zero denominator (k = 0 when ``well`` is 0 there) read as 1."""
+def weighted_solve(spectrum, data, well, mu, g0, g1, g2, rho):  # pragma: no cover - jit
+    """RTS x-step in k-space, in place: spectrum = (data + rho spectrum) / (mu well + rho
+    |G|^2), with ``|G|^2 = g0[i] + g1[j] + g2[k]`` (separable: no grid-sized array to read)
+    and ``well`` boolean; a zero denominator (k = 0 outside the well) is read as 1."""
     n0, n1, n2 = spectrum.shape
     for i in numba.prange(n0):
         for j in range(n1):
+            gij = g0[i] + g1[j]
             for k in range(n2):
-                den = well[i, j, k] + rho * g2[i, j, k]
+                den = rho * (gij + g2[k]) + (mu if well[i, j, k] else np.float32(0.0))
                 if den == 0:
                     den = np.float32(1.0)
-                spectrum[i, j, k] = (data[i, j, k] + rho * spectrum[i, j, k]) / den
+                # times the reciprocal: a complex division measured 4x slower (9.4 -> 2.4 ms)
+                inv = np.float32(1.0) / den
+                v = data[i, j, k] + rho * spectrum[i, j, k]
+                spectrum[i, j, k] = complex(v.real * inv, v.imag * inv)
 
 
 @numba.njit(parallel=True, fastmath=False, cache=True)
@@ -470,24 +495,6 @@ def lsmr_update(x, h, hbar, v, c_hbar, c_x, c_h, sv):  # pragma: no cover - jit
             acc += xi * xi
         parts[b] = acc
     return parts.sum()
-
-
-@numba.njit(parallel=True, fastmath=False, cache=True)
-def rescale_dual(u0, u1, u2, w0, w1, w2, cw, cu):  # pragma: no cover - jit
-    """``w += cw u; u *= cu`` in place, for the three components, in one pass."""
-    n0, n1, n2 = u0.shape
-    for i in numba.prange(n0):
-        for j in range(n1):
-            for k in range(n2):
-                a = u0[i, j, k]
-                b = u1[i, j, k]
-                c = u2[i, j, k]
-                w0[i, j, k] += cw * a
-                w1[i, j, k] += cw * b
-                w2[i, j, k] += cw * c
-                u0[i, j, k] = cu * a
-                u1[i, j, k] = cu * b
-                u2[i, j, k] = cu * c
 
 
 @numba.njit(parallel=True, fastmath=False, cache=True)

@@ -98,15 +98,17 @@ def _well_conditioned_step(p: _common.InversionProblem, iterations: int) -> np.n
     return p.ifft(rhs) * p.mask
 
 
-def _weighted_solve(spectrum, data, well, g2, rho) -> None:
-    """``spectrum = (data + rho spectrum) / (well + rho g2)`` in place (one numba pass); the
+def _weighted_solve(spectrum, data, well, mu, g2_axes, rho) -> None:
+    """``spectrum = (data + rho spectrum) / (mu well + rho |G|^2)`` in place (one numba
+    pass); ``well`` is boolean and ``|G|^2`` the sum of its three 1-D ``g2_axes``. The
     denominator is 0 only at ``k = 0``, where there is no data and no penalty: read as 1, so
     the mean stays 0."""
     if _common._nb is not None:
-        _common._nb.weighted_solve(spectrum, data, well, g2, rho)
+        _common._nb.weighted_solve(spectrum, data, well, mu, *g2_axes, rho)
         return
-    den = rho * g2
-    den += well
+    g0, g1, g2 = g2_axes
+    den = rho * (g0[:, None, None] + g1[None, :, None] + g2[None, None, :])
+    den += np.where(well, mu, np.float32(0))
     den[den == 0] = 1.0
     spectrum *= rho
     spectrum += data
@@ -132,23 +134,30 @@ def _tv_cone_fill(
     ``y = grad x1`` the x-step would only return ``x1`` again.
     """
     h = p.voxel_size_mm
-    well = np.where(np.abs(p.kernel) > delta, np.float32(mu), np.float32(0))
-    g2 = p.grad_sq()
-    data = well * p.fft(x1)  # mu K X1
+    well = np.abs(p.kernel) > delta
+    g2_axes = p.grad_sq_axes()
+    mu = np.float32(mu)
+    data = p.fft(x1)
+    data *= np.where(well, mu, np.float32(0))  # mu K X1
     x = x1
     u = [np.zeros_like(x) for _ in range(3)]
     w = [np.empty_like(x) for _ in range(3)]  # y - u
     residual = np.inf
+    u_scale = 1.0  # the dual is u_scale * u (a rescaling not yet applied to u)
     it = 0
     while it < max_iterations:
         it += 1
         prev = residual
-        residual = _common.split_update(x, u, w, 1.0 / rho, h, residual=True)
+        residual = _common.split_update(x, u, w, 1.0 / rho, h, residual=True, u_scale=u_scale)
+        u_scale = 1.0
         if residual > tau * prev and rho * gamma <= rho_max:  # stalls: stiffen the splitting
             rho *= gamma
-            _common.rescale_dual(u, w, gamma)  # scaled dual u / gamma; w = y - u follows
-        spectrum = p.fft(_common.split_adjoint(w, h))
-        _weighted_solve(spectrum, data, well, g2, np.float32(rho))
+            u_scale = 1.0 / gamma  # scaled dual u / gamma, and w = y - u follows it
+            adjoint = _common.split_adjoint(w, h, plus=(u, 1.0 - u_scale))
+        else:
+            adjoint = _common.split_adjoint(w, h)
+        spectrum = p.fft(adjoint)
+        _weighted_solve(spectrum, data, well, mu, g2_axes, np.float32(rho))
         x_new = p.ifft(spectrum)
         change = _common.relative_change(x_new, x)
         x = x_new
