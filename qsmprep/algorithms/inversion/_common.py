@@ -222,7 +222,7 @@ def split_adjoint(w, voxel_size_mm, *, plus=None) -> np.ndarray:
         return grad_adjoint(w, voxel_size_mm)
     u, c = plus
     if _nb is not None:
-        return _nb.grad_adjoint_sum(*w, *u, np.float32(c), *ih)
+        return _nb.grad_adjoint(*w, *ih, *u, np.float32(c))
     return grad_adjoint([wi + np.float32(c) * ui for wi, ui in zip(w, u, strict=True)],
                         voxel_size_mm)  # fmt: skip
 

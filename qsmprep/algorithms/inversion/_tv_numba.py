@@ -88,8 +88,10 @@ def split_update(x, u0, u1, u2, w0, w1, w2, t, cu, ih0, ih1, ih2):  # pragma: no
 
 
 @numba.njit(parallel=True, fastmath=False, cache=True)
-def grad_adjoint(w0, w1, w2, ih0, ih1, ih2):  # pragma: no cover - jit
-    """grad^T w for forward differences with periodic boundaries."""
+def grad_adjoint(w0, w1, w2, ih0, ih1, ih2, u0=None, u1=None, u2=None, c=0.0):  # pragma: no cover
+    """grad^T w for forward differences with periodic boundaries; grad^T (w + c u) when the
+    ``u`` arrays are given (numba compiles each case apart: the ``None`` test is resolved
+    at compile time, so plain ``grad^T w`` reads only ``w``)."""
     n0, n1, n2 = w0.shape
     out = np.empty(w0.shape, dtype=np.float32)
     for i in numba.prange(n0):
@@ -98,30 +100,14 @@ def grad_adjoint(w0, w1, w2, ih0, ih1, ih2):  # pragma: no cover - jit
             jm = j - 1 if j > 0 else n1 - 1
             for k in range(n2):
                 km = k - 1 if k > 0 else n2 - 1
-                out[i, j, k] = (
-                    (w0[im, j, k] - w0[i, j, k]) * ih0
-                    + (w1[i, jm, k] - w1[i, j, k]) * ih1
-                    + (w2[i, j, km] - w2[i, j, k]) * ih2
-                )
-    return out
-
-
-@numba.njit(parallel=True, fastmath=False, cache=True)
-def grad_adjoint_sum(w0, w1, w2, u0, u1, u2, c, ih0, ih1, ih2):  # pragma: no cover - jit
-    """grad^T (w + c u) for forward differences with periodic boundaries."""
-    n0, n1, n2 = w0.shape
-    out = np.empty(w0.shape, dtype=np.float32)
-    for i in numba.prange(n0):
-        im = i - 1 if i > 0 else n0 - 1
-        for j in range(n1):
-            jm = j - 1 if j > 0 else n1 - 1
-            for k in range(n2):
-                km = k - 1 if k > 0 else n2 - 1
-                out[i, j, k] = (
-                    (w0[im, j, k] + c * u0[im, j, k] - w0[i, j, k] - c * u0[i, j, k]) * ih0
-                    + (w1[i, jm, k] + c * u1[i, jm, k] - w1[i, j, k] - c * u1[i, j, k]) * ih1
-                    + (w2[i, j, km] + c * u2[i, j, km] - w2[i, j, k] - c * u2[i, j, k]) * ih2
-                )
+                d0 = w0[im, j, k] - w0[i, j, k]
+                d1 = w1[i, jm, k] - w1[i, j, k]
+                d2 = w2[i, j, km] - w2[i, j, k]
+                if u0 is not None:
+                    d0 += c * (u0[im, j, k] - u0[i, j, k])
+                    d1 += c * (u1[i, jm, k] - u1[i, j, k])
+                    d2 += c * (u2[i, j, km] - u2[i, j, k])
+                out[i, j, k] = d0 * ih0 + d1 * ih1 + d2 * ih2
     return out
 
 
