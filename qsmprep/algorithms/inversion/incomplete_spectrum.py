@@ -23,7 +23,9 @@ def _cg_band_fit(
     m = p.mask.astype(np.float32)
 
     def normal(x):
-        y = p.ifft(band * p.fft(m * x))
+        spectrum = p.fft(m * x)
+        spectrum *= band
+        y = p.ifft(spectrum)
         y *= m
         return y
 
@@ -88,8 +90,9 @@ def isqsm(
     )
     d = p.kernel
     band = (np.abs(d) > delta).astype(np.float32)
-    inv = np.zeros_like(d)
-    inv[band > 0] = 1.0 / d[band > 0]
-    rhs = p.mask * p.ifft(p.fft(p.field_ppm) * inv)
+    spectrum = p.fft(p.field_ppm)
+    spectrum *= np.divide(band, d, out=np.zeros_like(d), where=band > 0)  # K / D
+    rhs = p.ifft(spectrum)
+    rhs *= p.mask
     x, _ = _cg_band_fit(p, band, rhs, tol=tol, max_iterations=max_iterations)
     return p.to_image(x)
