@@ -25,6 +25,10 @@ from qsmprep.algorithms.unwrap import _check_mask, _check_voxel_size, _wrap
 
 try:  # the growing loop visits voxels one by one: numba makes it ~100x faster
     from numba import njit
+
+    from qsmprep.algorithms._numba_cache import ensure_writable_cache
+
+    ensure_writable_cache(__file__)  # before the cached kernel is defined
 except ImportError:  # pragma: no cover - numba missing: same code, pure Python (slow)
 
     def njit(*args, **kwargs):

@@ -12,6 +12,10 @@ import math
 import numba
 import numpy as np
 
+from qsmprep.algorithms._numba_cache import ensure_writable_cache
+
+ensure_writable_cache(__file__)  # before the first cached kernel is defined
+
 
 @numba.njit(inline="always")
 def _wrap(i, n):
