@@ -234,7 +234,7 @@ def test_fused_split_steps_match_numpy_and_the_definition(engine):
 
 def test_split_and_adjoint_in_one_pass_match_the_two_steps(engine):
     """split_adjoint_update (TV's and single-step's one-pass split) equals the definition's
-    split then grad^T, numba and numpy, and leaves the old u alone; scale_add is a * w + b."""
+    split then grad^T, numba and numpy, and leaves the old u alone; scale_add is a * w (+ b)."""
     rng = np.random.default_rng(2)
     x = rng.normal(size=(9, 10, 11)).astype(np.float32)
     h = (1.0, 2.0, 3.0)
@@ -256,6 +256,9 @@ def test_split_and_adjoint_in_one_pass_match_the_two_steps(engine):
     out = spec.copy()
     _common.scale_add(out, weight, offset)
     np.testing.assert_allclose(out, spec * weight + offset, rtol=1e-6, atol=1e-6)
+    out = spec.copy()
+    _common.scale_add(out, weight)  # no offset: the weighting alone (MEDI, iSQSM, TKD...)
+    assert np.array_equal(out, spec * weight)
 
 
 def test_reference_chi():

@@ -245,13 +245,16 @@ def split_adjoint_update(x, u, spare, threshold, voxel_size_mm) -> np.ndarray:
     return grad_adjoint(w, voxel_size_mm)
 
 
-def scale_add(spectrum: np.ndarray, weight: np.ndarray, offset: np.ndarray) -> None:
-    """``spectrum = spectrum * weight + offset`` in place (one pass with numba)."""
-    if _nb is not None:
+def scale_add(spectrum: np.ndarray, weight: np.ndarray, offset: np.ndarray | None = None) -> None:
+    """``spectrum = spectrum * weight (+ offset)`` in place (one pass with numba, for a 3-D
+    spectrum and a real weight of its shape; numpy otherwise)."""
+    if (_nb is not None and spectrum.ndim == 3 and weight.shape == spectrum.shape
+            and weight.dtype == np.float32 and spectrum.dtype == np.complex64):  # fmt: skip
         _nb.scale_add(spectrum, weight, offset)
         return
     spectrum *= weight
-    spectrum += offset
+    if offset is not None:
+        spectrum += offset
 
 
 def spectra_step(fa: np.ndarray, fr: np.ndarray, wa, wr, cd) -> None:

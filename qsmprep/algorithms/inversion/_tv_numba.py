@@ -236,13 +236,18 @@ def split_adjoint_update(x, u0, u1, u2, v0, v1, v2, t, ih0, ih1, ih2, out):  # p
 
 
 @numba.njit(parallel=True, fastmath=False, cache=True)
-def scale_add(spectrum, weight, offset):  # pragma: no cover - jit
-    """spectrum = spectrum * weight + offset, in place (complex spectrum, real weight)."""
+def scale_add(spectrum, weight, offset=None):  # pragma: no cover - jit
+    """spectrum = spectrum * weight (+ offset), in place (complex spectrum, real weight; the
+    ``None`` test is resolved at compile time). numpy's in-place complex-by-real product
+    casts the weight element by element: 6 ms against 2.5 ms here at 192x240x121."""
     n0, n1, n2 = spectrum.shape
     for i in numba.prange(n0):
         for j in range(n1):
             for k in range(n2):
-                spectrum[i, j, k] = spectrum[i, j, k] * weight[i, j, k] + offset[i, j, k]
+                value = spectrum[i, j, k] * weight[i, j, k]
+                if offset is not None:
+                    value += offset[i, j, k]
+                spectrum[i, j, k] = value
 
 
 #: Constants of :func:`_sincos`: 1.5 * 2^23 rounds a float32 to an integer when added and

@@ -91,7 +91,7 @@ def tkd(
     if correct_scaling:
         inv /= np.float32(np.mean((p.kernel * inv)[inv != 0]))
     spectrum = p.fft(p.field_ppm)
-    spectrum *= inv
+    _common.scale_add(spectrum, inv)
     return p.to_image(p.ifft(spectrum))
 
 
@@ -130,7 +130,7 @@ def tsvd(
     inv = np.zeros_like(d)
     np.divide(np.float32(1.0), d, out=inv, where=np.abs(d) > t)  # no boolean gather/scatter
     spectrum = p.fft(p.field_ppm)
-    spectrum *= inv
+    _common.scale_add(spectrum, inv)
     return p.to_image(p.ifft(spectrum))
 
 
@@ -170,5 +170,5 @@ def tikhonov(
     den[0, 0, 0] = 1.0  # D(0) = G(0) = 0: leave the undetermined mean at 0
     np.divide(d, den, out=den)
     spectrum = p.fft(p.field_ppm)
-    spectrum *= den
+    _common.scale_add(spectrum, den)
     return p.to_image(p.ifft(spectrum))

@@ -148,7 +148,7 @@ def _lsqr_step(p: _common.InversionProblem, tol: float, iterations: int) -> np.n
     def apply_at(r, c):
         _scatter_rows(image.reshape(-1), rows, sw_rows, r, c)
         spectrum = p.fft(image)
-        spectrum *= d_adj
+        _common.scale_add(spectrum, d_adj)
         return spectrum.view(np.float32).reshape(-1)
 
     rhs = _gather_rows(p.field_ppm.reshape(-1), rows, sw_rows, 1.0)

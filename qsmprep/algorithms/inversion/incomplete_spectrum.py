@@ -24,7 +24,7 @@ def _cg_band_fit(
 
     def normal(x):
         spectrum = p.fft(m * x)
-        spectrum *= band
+        _common.scale_add(spectrum, band)
         y = p.ifft(spectrum)
         y *= m
         return y

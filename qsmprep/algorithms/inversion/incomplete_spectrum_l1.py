@@ -169,7 +169,7 @@ def _fista(
     while it < max_iterations:
         it += 1
         spectrum = p.fft(np.multiply(m, y, out=masked))
-        spectrum *= band
+        _common.scale_add(spectrum, band)
         g = p.ifft(spectrum)
         if _common._nb is not None:
             _common._nb.fista_gradient_step(y, g, m, rhs)  # g = y - (m g - rhs)

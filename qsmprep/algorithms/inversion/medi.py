@@ -58,7 +58,9 @@ def _gauss_newton(p, w, mg, *, lam, s, beta, tol, max_iterations, cg_tol, cg_max
     w2 = (w * w).astype(np.float32)
 
     def dconv(v):
-        return p.ifft(d * p.fft(v))
+        spectrum = p.fft(v)
+        _common.scale_add(spectrum, d)
+        return p.ifft(spectrum)
 
     x = np.zeros_like(f)
     for _ in range(max_iterations):
@@ -69,7 +71,11 @@ def _gauss_newton(p, w, mg, *, lam, s, beta, tol, max_iterations, cg_tol, cg_max
         ]
 
         def hess(v, pw=pw):
-            return grad_t_weighted_grad(v, pw, h) + dconv(w2 * dconv(v))
+            t = dconv(v)
+            t *= w2
+            out = dconv(t)
+            out += grad_t_weighted_grad(v, pw, h)
+            return out
 
         data = dconv(w2 * np.sin(np.float32(s) * (dconv(x) - f)) / np.float32(s))
         b = -(grad_t_weighted_grad(x, pw, h) + data)
