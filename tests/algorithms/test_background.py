@@ -156,6 +156,24 @@ def test_erosion_is_by_a_ball_in_mm():
     np.testing.assert_array_equal(eroded, expected)
 
 
+@pytest.mark.parametrize("vox, radius", [((1.0, 1.3, 0.9), 3.0), ((0.7, 0.7, 0.7), 6.0)])
+def test_erode_mask_is_binary_erosion_by_the_ball(vox, radius):
+    """erode_mask (an FFT convolution with the ball, thresholded) equals binary erosion by
+    the ball, beyond-the-array counting as outside: a mask with pin-holes, touching the
+    array's edges along one axis, anisotropic voxels, and a ball of ~2,600 voxels."""
+    rng = np.random.default_rng(5)
+    mask = np.zeros((40, 46, 38), bool)
+    mask[:, 4:42, 3:35] = True  # touches both ends of axis 0
+    mask &= rng.random(mask.shape) > 0.0005
+    reach = [int(radius / v) for v in vox]
+    ball = np.fft.fftshift(sphere_mask([2 * q + 1 for q in reach], voxel_size_mm=vox,
+                                       radius_mm=radius))  # fmt: skip
+    expected = ndimage.binary_erosion(mask, ball, border_value=0)
+    got = bg.erode_mask(mask, voxel_size_mm=vox, radius_mm=radius)
+    assert expected.sum() > 1000
+    np.testing.assert_array_equal(got, expected)
+
+
 def test_values_outside_mask_are_ignored(head, results):
     brain, total, _, _ = head
     noisy = np.where(brain, total, np.nan)
