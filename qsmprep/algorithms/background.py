@@ -182,6 +182,14 @@ def _cg(apply_a: Callable, b: np.ndarray, *, tol: float, max_iter: int, x0=None)
     return krylov.cg(apply_a, b, tol=tol, max_iter=max_iter, x0=x0)
 
 
+def _scale(spectrum: np.ndarray, weight: np.ndarray) -> None:
+    """``spectrum *= weight`` in place, by the inversions' numba pass where it applies
+    (:func:`qsmprep.algorithms.inversion._common.scale_add`; numpy casts per element)."""
+    from qsmprep.algorithms.inversion import _common  # imported here: inversion imports us
+
+    _common.scale_add(spectrum, weight)
+
+
 # --------------------------------------------------------------------------------------------
 # SHARP family
 # --------------------------------------------------------------------------------------------
@@ -386,7 +394,7 @@ def resharp(
 
     def c_adjoint(image):  # s C F image, as float32 pairs
         spectrum = rfftn(image).astype(np.complex64, copy=False)
-        spectrum *= to_spectrum
+        _scale(spectrum, to_spectrum)
         return spectrum.view(np.float32)
 
     def normal(z):
