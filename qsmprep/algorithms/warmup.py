@@ -48,6 +48,7 @@ def compile_kernels() -> list[str]:
     the cached kernels (all of them compiled now, or loaded from the cache)."""
     from qsmprep.algorithms import simulate
     from qsmprep.algorithms.background import BFR_METHODS, remove_background
+    from qsmprep.algorithms.constants import phase_rad_per_ppm
     from qsmprep.algorithms.inversion import (
         INVERSION_METHODS,
         USES_FIELD_NOISE,
@@ -74,9 +75,9 @@ def compile_kernels() -> list[str]:
         if method in USES_FIELD_NOISE:
             params["noise_std"] = np.ones_like(magnitude)
         invert(method, local, brain, voxel_size_mm=vox, **params)
-    tes = (0.004, 0.008, 0.012)
-    phase = np.angle(np.exp(1j * 2 * np.pi * 40.0 * total[..., None] * np.asarray(tes)))
-    phase = phase.astype(np.float32)
+    tes = (0.004, 0.008, 0.012)  # s; wrapped phase of the total field (ppm) at 3 T
+    per_ppm = np.array([phase_rad_per_ppm(b0_tesla=3.0, echo_time_s=te) for te in tes])
+    phase = np.angle(np.exp(1j * total[..., None] * per_ppm)).astype(np.float32)
     mags = np.repeat(magnitude[..., None], len(tes), axis=-1)
     unwrap_romeo(phase[..., 0], magnitude=magnitude, mask=ph.head_mask, voxel_size_mm=vox)
     unwrap_romeo_multiecho(phase, echo_times_s=tes, magnitude=mags, mask=ph.head_mask,

@@ -288,8 +288,8 @@ def nltv_data_step(z, dx, u, f, w2, mu, s, steps):  # pragma: no cover - jit
     ``w2 (1 - cos s(z - f)) / s^2 + mu/2 (z - v)^2`` from z; then u += dx - z. Where
     ``w2 = 0`` (outside the mask) the objective is quadratic and its minimum is ``z = v``,
     which is taken exactly. Each row of voxels runs the Newton steps as an inner loop over
-    the row, with :func:`_sincos`, so that loop vectorises: 57 -> ~15 ms a call at
-    192x240x240 (the sines and cosines were scalar libm calls)."""
+    the row, with :func:`_sincos`, so that loop vectorises: 57 -> 25 ms a call at
+    192x240x240 in NLTV (the sines and cosines were scalar libm calls)."""
     n0, n1, n2 = z.shape
     safe = np.float32(0.1) * mu
     for i in numba.prange(n0):

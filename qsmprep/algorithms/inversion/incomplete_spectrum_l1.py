@@ -165,10 +165,9 @@ def _fista(
     y = x
     t = 1.0
     it = 0
-    masked = np.empty_like(m)  # M y, reused: a fresh product every iteration cost 10 %
     while it < max_iterations:
         it += 1
-        spectrum = p.fft(np.multiply(m, y, out=masked))
+        spectrum = p.fft(m * y)
         _common.scale_add(spectrum, band)
         g = p.ifft(spectrum)
         if _common._nb is not None:
