@@ -2,8 +2,8 @@
 
 numba compiles a kernel the first time a process calls it, and with ``cache=True`` keeps the
 machine code on disk: in ``NUMBA_CACHE_DIR`` when that is set and writable, else in the
-``__pycache__`` folder beside the source, else in the user's cache folder. A cold start costs
-every pipeline run 8-14 s of compilation (docs/benchmarks.md). The container image runs this
+``__pycache__`` folder beside the source, else in the user's cache folder. The first run in an
+environment spends 8-14 s compiling (docs/benchmarks.md). The container image runs this
 module at build time, with ``NUMBA_CACHE_DIR`` pointing into the image, so ``docker run``
 starts warm. numba keys its cache by the CPU it compiled for: on a machine of another CPU
 model the kernels compile again, once, into whichever cache folder is writable.
