@@ -33,7 +33,7 @@ EXPECTED = {
     "sharp": (34.0, 0.75, 11.0),  # 28.0 %, 0.79, 8.5 %
     "resharp": (41.0, 0.75, 7.0),  # 34.9 %, 0.79, 5.6 %
     "ismv": (40.0, 0.75, 7.0),  # 34.2 %, 0.79, 5.7 %
-    "pdf": (53.0, 1.0, 14.0),  # 47.0 %, 1.00, 11.2 %
+    "pdf": (53.0, 1.0, 4.0),  # 48.2 %, 1.00, 2.3 % (11.2 % when CG stopped at tol 1e-3)
     "lbv": (64.0, 0.85, 32.0),  # 58.0 %, 0.89, 25.7 %
 }
 
@@ -79,7 +79,7 @@ def test_units_preserved(head, results, method):
     local_hz, eroded_hz = bg.BFR_METHODS[method](127.7 * total, brain, voxel_size_mm=VOX)
     assert np.array_equal(eroded, eroded_hz)
     err = np.linalg.norm(local_hz - 127.7 * local) / np.linalg.norm(127.7 * local)
-    assert err < 1e-3  # measured <= 2.2e-5 (float32 CG)
+    assert err < 1e-3  # measured <= 2.3e-4 (float32 CG; PDF's 100 iterations the most)
 
 
 @pytest.mark.parametrize("method", sorted(bg.BFR_METHODS))
@@ -106,27 +106,27 @@ def test_analytic_harmonic_field_is_removed(head, method):
     field = (sphere + 0.01 * grid[2] + 0.02 * grid[0]).astype(np.float32)
     local, eroded = bg.BFR_METHODS[method](field, brain, voxel_size_mm=VOX)
     residual = local[eroded].std() / field[eroded].std()
-    # measured: SMV family <= 3.2e-5, LBV 1.5e-4, PDF 5.8e-3 (finite source shell)
-    assert residual < (1.5e-2 if method == "pdf" else 1e-3)
+    # measured: SMV family <= 3.2e-5, LBV 1.5e-4, PDF 1.2e-3 (5.8e-3 when its CG stopped
+    # at tol 1e-3)
+    assert residual < (3e-3 if method == "pdf" else 1e-3)
 
 
 def test_pdf_oblique_b0(head):
-    """B0 ~20 degrees from z. The local-field NRMSE hardly tells the B0 direction (the fit
-    along z scores 52.7 % against 52.0 %: a smooth harmonic background is matched by outside
-    sources of either orientation, and the error is dominated by the white-matter field, see
-    the module docstring). A background-only field does: the residual with the right B0 is
-    about two thirds of that with B0 along z."""
+    """B0 ~20 degrees from z. The local-field NRMSE hardly tells the B0 direction (a smooth
+    harmonic background is matched by outside sources of either orientation, and the error
+    is dominated by the white-matter field, see the module docstring). A background-only
+    field does: the residual with the right B0 is less than half of that with B0 along z."""
     brain = head[0]
     b0 = np.array([0.3, -0.2, 1.0]) / np.linalg.norm([0.3, -0.2, 1.0])  # ~20 deg from z
     _, total, local_true, ph = _fields((64, 64, 64), VOX, b0=b0)
     local, eroded = bg.pdf(total, brain, voxel_size_mm=VOX, b0_direction=b0)
-    assert nrmse(local, local_true, eroded) < 58.0  # measured 52.0 %
+    assert nrmse(local, local_true, eroded) < 59.0  # measured 53.6 %
     background = forward_field(np.where(brain, 0, ph.chi_ppm), voxel_size_mm=VOX, b0_direction=b0)
     scale = local_true[eroded].std()
     right, _ = bg.pdf(background, brain, voxel_size_mm=VOX, b0_direction=b0)
     wrong, _ = bg.pdf(background, brain, voxel_size_mm=VOX)  # B0 along z
-    assert 100 * right[eroded].std() / scale < 15.0  # measured 12.1 % of the local field
-    assert 100 * wrong[eroded].std() / scale > 16.5  # measured 19.0 % (B0 along x 18.3, y 21.0)
+    assert 100 * right[eroded].std() / scale < 3.5  # measured 2.7 % of the local field
+    assert 100 * wrong[eroded].std() / scale > 4.5  # measured 6.3 % (B0 along x 11.8, y 14.8)
     via, _ = bg.remove_background("pdf", total, brain, voxel_size_mm=VOX, b0_direction=b0)
     np.testing.assert_array_equal(via, local)
 
