@@ -126,8 +126,8 @@ def crop_slab(case, thickness_mm: float) -> dict:
                 truth=case["truth"][:, :, sl], brain=case["brain"][:, :, sl])  # fmt: skip
 
 
-def front_end(case):
-    mask = masking.mask_from_magnitude(case["mag"], voxel_size_mm=case["vox"])
+def front_end(case, erosions: int = 0):
+    mask = masking.mask_from_magnitude(case["mag"], voxel_size_mm=case["vox"], erosions=erosions)
     fit = combine.fit_field_linear(case["phase"], case["mag"], echo_times_s=case["tes"], mask=mask)
     total = unwrap_field_hz(fit.field_hz, wrap_period_hz=fit.wrap_period_hz,
                             voxel_size_mm=case["vox"], mask=mask) * mask  # fmt: skip
@@ -162,6 +162,8 @@ def main(argv=None):
                    help="add sources of PPM in the mask's outer MM outside the brain")  # fmt: skip
     p.add_argument("--slab", type=float, metavar="MM",
                    help="keep an axial slab of MM through the brain (partial coverage)")
+    p.add_argument("--mask-erosions", type=int, default=0, metavar="N",
+                   help="erode the magnitude mask by N voxels (the CLI's --mask-erosions)")
     p.add_argument("--config", action="append", default=[], metavar="LABEL=METHOD[:k=v,...]",
                    help="a background-removal setting to score beside --bfr")  # fmt: skip
     p.add_argument("--medi-weights", choices=["noise", "magnitude"], default="noise",
@@ -178,7 +180,7 @@ def main(argv=None):
     for name, case in cases:
         if args.slab:
             case = crop_slab(case, args.slab)
-        mask, total = front_end(case)
+        mask, total = front_end(case, args.mask_erosions)
         if args.rim_shell:
             total = add_rim_sources(case, mask, total, *args.rim_shell)
         if args.single_step:
