@@ -31,13 +31,13 @@ def cached_kernels() -> dict[str, object]:
         from numba.core.caching import NullCache
         from numba.core.registry import CPUDispatcher
 
-        from qsmprep.algorithms import romeo
+        from qsmprep.algorithms import _kernels_numba, romeo
         from qsmprep.algorithms.inversion import _tv_numba
     except ImportError:
         return {}
     return {
         f"{module.__name__}.{name}": obj
-        for module in (_tv_numba, romeo)
+        for module in (_tv_numba, _kernels_numba, romeo)
         for name, obj in vars(module).items()
         if isinstance(obj, CPUDispatcher) and not isinstance(obj._cache, NullCache)
     }

@@ -111,6 +111,47 @@ def test_dipole_kernel_values():
 
 
 @pytest.mark.parametrize(
+    ("shape", "vox", "b0", "real"),
+    [
+        ((16, 18, 20), (1.0, 1.0, 1.0), (0.0, 0.0, 1.0), True),
+        ((15, 17, 19), (1.5, 2.0, 2.5), (0.3, -0.2, 1.0), True),  # odd sizes, oblique
+        ((12, 10, 14), (0.5, 0.7, 1.3), (1.0, 2.0, 3.0), True),  # Nyquist planes on every axis
+        ((12, 10, 14), (1.0, 1.0, 1.0), (0.5, -0.5, 0.7), False),  # full complex grid
+    ],
+)
+def test_dipole_kernel_numba_equals_numpy(monkeypatch, shape, vox, b0, real):
+    """The fused numba build and the numpy passes give the same float32 kernel bit for bit
+    (the same order of float64 and float32 operations), Nyquist planes included."""
+    from qsmprep.algorithms import kernels
+
+    if kernels._nb is None:
+        pytest.skip("numba not installed")
+    fused = dipole_kernel(shape, voxel_size_mm=vox, b0_direction=b0, real=real)
+    monkeypatch.setattr(kernels, "_nb", None)
+    plain = dipole_kernel(shape, voxel_size_mm=vox, b0_direction=b0, real=real)
+    assert fused.dtype == plain.dtype == np.float32
+    assert np.array_equal(fused, plain)
+    assert fused[0, 0, 0] == 0.0 and np.all(np.isfinite(fused))
+
+
+def test_truncated_inverse_numba_equals_numpy(monkeypatch):
+    """TKD's ``sign(D) / max(|D|, t)``: the fused pass equals numpy's, signed zeros too."""
+    from qsmprep.algorithms.inversion import _common
+    from qsmprep.algorithms.inversion.direct import _truncated_inverse
+
+    if _common._nb is None:
+        pytest.skip("numba not installed")
+    d = dipole_kernel((12, 10, 14), voxel_size_mm=(1.0, 1.0, 1.0), b0_direction=(0.3, 0, 1))
+    d[1, 2, 3], d[2, 2, 2] = 0.0, -0.0
+    fused = _truncated_inverse(d, 0.19)
+    monkeypatch.setattr(_common, "_nb", None)
+    plain = _truncated_inverse(d, 0.19)
+    assert np.array_equal(fused, plain)
+    assert fused[1, 2, 3] == pytest.approx(1 / 0.19) and fused[2, 2, 2] == pytest.approx(-1 / 0.19)
+    assert np.abs(fused).max() <= np.float32(1 / 0.19)
+
+
+@pytest.mark.parametrize(
     ("shape", "vox", "radius"),
     [
         ((16, 18, 20), (1.0, 1.0, 1.0), 3.0),

@@ -108,7 +108,8 @@ class InversionProblem:
         """Crop the padded solution, put it back on the input grid, zero outside the mask."""
         box_shape = tuple(s.stop - s.start for s in self.box)
         out = np.zeros(self.full_shape, dtype=np.float32)
-        out[self.box] = _fft.crop_to(chi_padded, box_shape) * _fft.crop_to(self.mask, box_shape)
+        np.multiply(_fft.crop_to(chi_padded, box_shape), _fft.crop_to(self.mask, box_shape),
+                    out=out[self.box])  # fmt: skip
         return out
 
 
@@ -133,7 +134,7 @@ def setup(
         raise ValueError(f"local_field_ppm must be 3-D, got shape {f.shape}")
     if m.shape != f.shape:
         raise ValueError(f"mask shape {m.shape} must equal local_field_ppm shape {f.shape}")
-    m = m.astype(bool)
+    m = m.astype(bool, copy=False)
     if not m.any():
         raise ValueError("mask is empty: no voxel to invert")
     vox = np.asarray(voxel_size_mm, dtype=float).reshape(-1)

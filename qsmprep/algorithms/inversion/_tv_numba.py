@@ -660,3 +660,15 @@ def ndi_update(xk, spectrum, d, tau, lam, out):  # pragma: no cover - jit
         dsum[i] = a
         xsum[i] = b
     return np.sqrt(dsum.sum()), np.sqrt(xsum.sum())
+
+
+@numba.njit(parallel=True, fastmath=False, cache=True)
+def truncated_inverse(d, t, out):  # pragma: no cover - jit
+    """``out = sign(D) / max(|D|, t)`` (``sign(0) = +1``: the sign bit, as ``copysign``), one
+    pass instead of four."""
+    one = np.float32(1.0)
+    for i in numba.prange(d.shape[0]):
+        for j in range(d.shape[1]):
+            for k in range(d.shape[2]):
+                v = d[i, j, k]
+                out[i, j, k] = np.float32(math.copysign(one / max(abs(v), t), v))

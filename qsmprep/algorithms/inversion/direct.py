@@ -15,10 +15,14 @@ from qsmprep.algorithms.inversion import _common
 
 def _truncated_inverse(d: np.ndarray, threshold: float) -> np.ndarray:
     """``1 / D_t`` with ``D_t = sign(D) max(|D|, t)`` (``sign(0) = +1``), 0 at ``k = 0``."""
-    inv = np.abs(d)
-    np.maximum(inv, np.float32(threshold), out=inv)
-    np.divide(np.float32(1.0), inv, out=inv)
-    np.copysign(inv, d, out=inv)  # D = +0 gives +1 / t, as sign(0) = +1
+    if _common._nb is not None and d.ndim == 3 and d.dtype == np.float32:
+        inv = np.empty_like(d)
+        _common._nb.truncated_inverse(d, np.float32(threshold), inv)  # one fused pass
+    else:
+        inv = np.abs(d)
+        np.maximum(inv, np.float32(threshold), out=inv)
+        np.divide(np.float32(1.0), inv, out=inv)
+        np.copysign(inv, d, out=inv)  # D = +0 gives +1 / t, as sign(0) = +1
     inv[0, 0, 0] = 0.0
     return inv
 
