@@ -151,6 +151,23 @@ def test_truncated_inverse_numba_equals_numpy(monkeypatch):
     assert np.abs(fused).max() <= np.float32(1 / 0.19)
 
 
+def test_band_inverse_numba_equals_numpy(monkeypatch):
+    """iSQSM's band ``[|D| > delta]`` and ``K / D``: the fused pass equals numpy's."""
+    from qsmprep.algorithms.inversion import _common
+    from qsmprep.algorithms.inversion.incomplete_spectrum import band_inverse
+
+    if _common._nb is None:
+        pytest.skip("numba not installed")
+    d = dipole_kernel((12, 10, 14), voxel_size_mm=(1.0, 1.0, 1.5), b0_direction=(0.3, 0, 1))
+    band, inv = band_inverse(d, 0.25)
+    monkeypatch.setattr(_common, "_nb", None)
+    band_np, inv_np = band_inverse(d, 0.25)
+    assert np.array_equal(band, band_np) and np.array_equal(inv, inv_np)
+    assert np.array_equal(band, (np.abs(d) > 0.25).astype(np.float32))
+    assert 0 < band.mean() < 1 and np.all(inv[band == 0] == 0)
+    assert np.allclose(inv[band > 0] * d[band > 0], 1.0)
+
+
 @pytest.mark.parametrize(
     ("shape", "vox", "radius"),
     [

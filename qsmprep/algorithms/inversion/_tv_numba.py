@@ -672,3 +672,19 @@ def truncated_inverse(d, t, out):  # pragma: no cover - jit
             for k in range(d.shape[2]):
                 v = d[i, j, k]
                 out[i, j, k] = np.float32(math.copysign(one / max(abs(v), t), v))
+
+
+@numba.njit(parallel=True, fastmath=False, cache=True)
+def band_inverse(d, delta, band, inv):  # pragma: no cover - jit
+    """``band = [|D| > delta]`` (1 or 0, float32) and ``inv = band / D``, one pass."""
+    one, zero = np.float32(1.0), np.float32(0.0)
+    for i in numba.prange(d.shape[0]):
+        for j in range(d.shape[1]):
+            for k in range(d.shape[2]):
+                v = d[i, j, k]
+                if abs(v) > delta:
+                    band[i, j, k] = one
+                    inv[i, j, k] = one / v
+                else:
+                    band[i, j, k] = zero
+                    inv[i, j, k] = zero

@@ -10,6 +10,18 @@ import numpy.typing as npt
 from qsmprep.algorithms.inversion import _common, krylov
 
 
+def band_inverse(d: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray]:
+    """The band ``K = [|D| > delta]`` (float32 1/0) and ``K / D`` (0 in the cone)."""
+    band, inv = np.empty_like(d), np.empty_like(d)
+    if _common._nb is not None and d.ndim == 3 and d.dtype == np.float32:
+        _common._nb.band_inverse(d, np.float32(delta), band, inv)  # one fused pass
+        return band, inv
+    np.greater(np.abs(d), np.float32(delta), out=band, casting="unsafe")
+    inv.fill(0.0)
+    np.divide(np.float32(1.0), d, out=inv, where=band > 0)
+    return band, inv
+
+
 def _cg_band_fit(
     p: _common.InversionProblem,
     band: np.ndarray,
@@ -88,10 +100,9 @@ def isqsm(
         pad_factor=pad_factor,
         workers=workers,
     )
-    d = p.kernel
-    band = (np.abs(d) > delta).astype(np.float32)
+    band, inv = band_inverse(p.kernel, delta)
     spectrum = p.fft(p.field_ppm)
-    spectrum *= np.divide(band, d, out=np.zeros_like(d), where=band > 0)  # K / D
+    _common.scale_add(spectrum, inv)  # K / D
     rhs = p.ifft(spectrum)
     rhs *= p.mask
     x, _ = _cg_band_fit(p, band, rhs, tol=tol, max_iterations=max_iterations)

@@ -11,6 +11,7 @@ import scipy.fft as sfft
 
 from qsmprep.algorithms import fft as _fft
 from qsmprep.algorithms.inversion import _common
+from qsmprep.algorithms.inversion.incomplete_spectrum import band_inverse
 from qsmprep.algorithms.kernels import dipole_kernel
 
 _SQRT_HALF = np.float32(np.sqrt(0.5))
@@ -266,10 +267,9 @@ def isqsm_l1(
             mask=_fft.pad_to(p.mask, shape),
             kernel=dipole_kernel(shape, voxel_size_mm=p.voxel_size_mm, b0_direction=p.b0_direction),
         )
-    d = p.kernel
-    band = (np.abs(d) > delta).astype(np.float32)
-    inv = np.zeros_like(d)
-    inv[band > 0] = 1.0 / d[band > 0]
-    rhs = p.mask * p.ifft(p.fft(p.field_ppm) * inv)
+    band, inv = band_inverse(p.kernel, delta)
+    spectrum = p.fft(p.field_ppm)
+    _common.scale_add(spectrum, inv)  # K / D
+    rhs = p.mask * p.ifft(spectrum)
     x, _ = _fista(p, band, rhs, lam=lam, levels=levels, tol=tol, max_iterations=max_iterations)
     return p.to_image(x)
