@@ -688,3 +688,15 @@ def band_inverse(d, delta, band, inv):  # pragma: no cover - jit
                 else:
                     band[i, j, k] = zero
                     inv[i, j, k] = zero
+
+
+@numba.njit(parallel=True, fastmath=False, error_model="numpy", cache=True)
+def tikhonov_weight(d, lam, g0, g1, g2, out):  # pragma: no cover - jit
+    """``out = D / (D^2 + lam (g0 + g1 + g2))`` (``|G|^2`` from its separable terms), one
+    pass; ``out[0, 0, 0]`` (0 / 0) is left to the caller."""
+    for i in numba.prange(d.shape[0]):
+        for j in range(d.shape[1]):
+            gij = g0[i] + g1[j]
+            for k in range(d.shape[2]):
+                v = d[i, j, k]
+                out[i, j, k] = v / (v * v + lam * (gij + g2[k]))

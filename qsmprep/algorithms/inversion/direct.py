@@ -11,6 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from qsmprep.algorithms.inversion import _common
+from qsmprep.algorithms.inversion.incomplete_spectrum import band_inverse
 
 
 def _truncated_inverse(d: np.ndarray, threshold: float) -> np.ndarray:
@@ -130,9 +131,7 @@ def tsvd(
         pad_factor=pad_factor,
         workers=workers,
     )
-    d = p.kernel
-    inv = np.zeros_like(d)
-    np.divide(np.float32(1.0), d, out=inv, where=np.abs(d) > t)  # no boolean gather/scatter
+    _, inv = band_inverse(p.kernel, t)  # 1 / D where |D| > t, else 0
     spectrum = p.fft(p.field_ppm)
     _common.scale_add(spectrum, inv)
     return p.to_image(p.ifft(spectrum))
@@ -170,9 +169,14 @@ def tikhonov(
         workers=workers,
     )
     d = p.kernel
-    den = d * d + np.float32(lam) * p.grad_sq()
-    den[0, 0, 0] = 1.0  # D(0) = G(0) = 0: leave the undetermined mean at 0
-    np.divide(d, den, out=den)
+    if _common._nb is not None and d.ndim == 3:
+        den = np.empty_like(d)
+        _common._nb.tikhonov_weight(d, np.float32(lam), *p.grad_sq_axes(), den)  # one pass
+        den[0, 0, 0] = 0.0  # D(0) = G(0) = 0: leave the undetermined mean at 0
+    else:
+        den = d * d + np.float32(lam) * p.grad_sq()
+        den[0, 0, 0] = 1.0  # D(0) = G(0) = 0: leave the undetermined mean at 0
+        np.divide(d, den, out=den)
     spectrum = p.fft(p.field_ppm)
     _common.scale_add(spectrum, den)
     return p.to_image(p.ifft(spectrum))
