@@ -15,9 +15,10 @@ Siemens-style integer phase) and the two anatomical phantoms of
 ``--rim-shell MM PPM`` adds sources of PPM filling the mask's outer MM outside the brain (what a
 mask that takes in bone or dura brings), to test robustness. ``--slab MM`` keeps only an
 axial slab of MM (third voxel axis) through the brain's centre before the front end, as a
-partial-coverage acquisition would (the field still comes from the whole head). ``--edge``
-also scores the brain outside the mask eroded by 6 mm, where the default Chimap is not
-written (single-step TV's values there, referenced by its core's mean).
+partial-coverage acquisition would (the field still comes from the whole head).
+``--single-step-radii 3 4 5 6 8`` scans single-step TV's SMV radius. ``--edge`` also scores
+the brain outside the mask eroded by 6 mm, where the default Chimap is not written
+(single-step TV's values there, referenced by its core's mean).
 """
 
 from __future__ import annotations
@@ -153,6 +154,27 @@ def pipeline_params(inversion: str, case, mask, weights: str) -> dict:
     return params
 
 
+def radius_scan(case, mask, total, args) -> str:
+    """Single-step TV with each SMV radius of ``--single-step-radii``: NRMSE % in its own
+    core, in the core of the largest radius (the same voxels for all), and the fraction of
+    the brain its core holds."""
+    brain, radii = case["brain"], sorted(args.single_step_radii)
+    fits = {r: single_step_tv(hz_to_ppm(total, b0_tesla=case["b0"]), mask, radius_mm=r,
+                              voxel_size_mm=case["vox"], b0_direction=case["b0_dir"])
+            for r in radii if r >= max(case["vox"])}  # fmt: skip
+    common = fits[radii[-1]][1] & brain
+    cells = []
+    for r in radii:
+        if r not in fits:
+            cells.append(f"{r:g} mm: -")
+            continue
+        chi, core = fits[r]
+        cells.append(f"{r:g} mm: {nrmse(chi, case['truth'], core & brain):.1f} / "
+                     f"{nrmse(chi, case['truth'], common):.1f} / "
+                     f"{(core & brain).sum() / brain.sum():.2f}")  # fmt: skip
+    return " | ".join(cells)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--bfr", nargs="+", default=["vsharp", "sharp", "resharp", "ismv", "pdf", "lbv"])
@@ -160,6 +182,9 @@ def main(argv=None):
     p.add_argument("--large", action="store_true", help="add the three 1 mm subjects")
     p.add_argument("--single-step", action="store_true",
                    help="add single-step TV from the total field (scored on RESHARP's voxels)")
+    p.add_argument("--single-step-radii", nargs="+", type=float, metavar="MM",
+                   help="single-step TV with each SMV radius: NRMSE in its own core / in the "
+                   "largest radius's core / the brain fraction its core holds")
     p.add_argument("--edge", action="store_true",
                    help="also score the brain outside the mask eroded by 6 mm (the edge ring "
                    "where the default Chimap is not valid), and print the core's coverage")
@@ -204,6 +229,9 @@ def main(argv=None):
             chi = reference_chi(chi, core)  # core: the data region, RESHARP's valid mask
             score = nrmse(chi, case["truth"], core & case["brain"])
             print(f"{name} | single-step-tv | {score:6.1f} ({dt:4.1f}){edge}", flush=True)
+        if args.single_step_radii:
+            scan = radius_scan(case, mask, total, args)
+            print(f"{name} | single-step radii | {scan}", flush=True)
         for bfr, method, params in settings:
             local, valid = remove_background(method, total, mask, voxel_size_mm=case["vox"],
                                              b0_direction=case["b0_dir"], **params)  # fmt: skip
