@@ -14,7 +14,7 @@ import numpy.typing as npt
 
 from qsmprep.algorithms.fft import crop_to, fast_shape, irfftn, kspace_grid, pad_to, rfftn
 
-try:  # one fused pass builds the dipole kernel (about 5x faster than numpy's passes)
+try:  # one fused pass builds the dipole kernel (about 20x faster than numpy's passes)
     from qsmprep.algorithms import _kernels_numba as _nb
 except ImportError:  # pragma: no cover - numba missing
     _nb = None

@@ -169,7 +169,7 @@ def tikhonov(
         workers=workers,
     )
     d = p.kernel
-    if _common._nb is not None and d.ndim == 3:
+    if _common._nb is not None and d.ndim == 3 and d.dtype == np.float32:
         den = np.empty_like(d)
         _common._nb.tikhonov_weight(d, np.float32(lam), *p.grad_sq_axes(), den)  # one pass
         den[0, 0, 0] = 0.0  # D(0) = G(0) = 0: leave the undetermined mean at 0
