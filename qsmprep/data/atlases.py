@@ -320,7 +320,9 @@ def nlin6_to_template_transform() -> Path:
 
 def _to_template(path: Path, *, volume: int | None = None, interpolation="nearestNeighbor"):
     """A (MNI152NLin6Asym) image (or one volume of a 4-D one) on the template grid."""
-    import ants
+    from qsmprep.interfaces.registration import import_ants
+
+    ants = import_ants()
 
     fixed = ants.image_read(str(get_template(TEMPLATE).path))
     moving = ants.image_read(str(path))
@@ -343,7 +345,9 @@ def _to_template(path: Path, *, volume: int | None = None, interpolation="neares
 
 def _on_template_grid(path: Path):
     """A label image already defined on the template, resampled to its grid (world coords)."""
-    import ants
+    from qsmprep.interfaces.registration import import_ants
+
+    ants = import_ants()
 
     fixed = ants.image_read(str(get_template(TEMPLATE).path))
     moving = ants.image_read(str(path))

@@ -35,6 +35,19 @@ REGISTRATION_SPACING_MM = 1.5
 SYN_ITERATIONS = (40, 20, 0)
 
 
+def import_ants():
+    """antspyx, with ITK single-threaded unless the user chose otherwise
+    (``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS``). ITK reads its thread count once per process,
+    at the first use of ANTs, and a registration repeats exactly only single-threaded
+    (measured: two threads gave another transform at each run). So every use of ANTs in
+    qsmprep imports it through here, registrations or not (the atlas's resampling came first
+    in the test suite and left the process two-threaded)."""
+    os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
+    import ants
+
+    return ants
+
+
 def _prepare(out_dir) -> Path:
     """Create ``out_dir``; ANTs single-threaded unless the user chose otherwise."""
     os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
@@ -93,7 +106,7 @@ def register_to_template(
     (the first volume of a 4-D image is used).
     Single-threaded and seeded (:func:`_seeded`), so results are reproducible.
     """
-    import ants
+    ants = import_ants()
 
     out_dir = _prepare(out_dir)
     mov = ants.image_read(_write_for_itk(moving, out_dir / "moving.nii.gz", mask=mask))
@@ -129,7 +142,7 @@ def register_rigid(
     """Rigid (6-parameter) Mattes-MI registration of ``moving`` (native) to ``fixed`` (e.g. the
     session's T1w), at the fixed image's resolution. Returns (forward, inverse) composite
     transforms, forward pulling ``moving`` onto ``fixed``'s grid."""
-    import ants
+    ants = import_ants()
 
     out_dir = _prepare(out_dir)
     mov = ants.image_read(_write_for_itk(moving, out_dir / "moving_rigid.nii.gz", mask=mask))
@@ -191,7 +204,7 @@ def apply_transform(
     ``interpolation``: ``linear`` for images, ``nearestNeighbor`` for label maps. The output
     keeps ``reference``'s voxel order and affine (written with nibabel) and has ``dtype``.
     """
-    import ants
+    ants = import_ants()
 
     if isinstance(transform, (str, os.PathLike)):
         transform = [transform]

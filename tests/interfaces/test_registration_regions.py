@@ -183,11 +183,11 @@ def test_seeded_registration_repeats_exactly_in_one_process(tmp_path):
     """The same seeded registration, repeated in one process with another registration in
     between (as a Nipype worker registers one subject after another), gives the same
     transform. With antspyx's ``random_seed`` alone it did not (0.01-0.03 mm apart)."""
-    import ants
     from scipy import ndimage
 
-    from qsmprep.interfaces.registration import register_rigid
+    from qsmprep.interfaces.registration import import_ants, register_rigid
 
+    ants = import_ants()
     rng = np.random.default_rng(0)
     x = np.zeros((40, 44, 36), np.float32)
     x[8:32, 10:34, 8:28] = 1.0
