@@ -49,8 +49,7 @@ def import_ants():
 
 
 def _prepare(out_dir) -> Path:
-    """Create ``out_dir``; ANTs single-threaded unless the user chose otherwise."""
-    os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
+    """Create ``out_dir`` (ANTs' thread count is set by :func:`import_ants`)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     return out_dir
