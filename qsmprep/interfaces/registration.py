@@ -59,12 +59,14 @@ def _prepare(out_dir) -> Path:
 def _seeded(seed: int):
     """``ANTS_RANDOM_SEED`` set to ``seed`` for the duration of one registration.
 
-    antspyx's ``random_seed`` alone does not make a registration repeatable: the same seeded
-    call gave another transform in every new process and at every repeat in one process
-    (0.01-0.03 mm apart on a small rigid fit; a 3 mm atlas test that scores Dice 1.0 alone
-    scored 0.70 late in the full test suite). With ``ANTS_RANDOM_SEED`` set, ANTs seeds its
-    metric sampling from it at each call, and the result is the same every time (tested),
-    whichever subjects a Nipype worker registered before."""
+    antspyx's ``random_seed`` alone does not make a registration repeatable: single-threaded,
+    the same seeded call gave another transform in every new process and at every repeat in
+    one process (0.01-0.03 mm apart on a small rigid fit). With ``ANTS_RANDOM_SEED`` set,
+    ANTs seeds its metric sampling from it at each call, and the result is the same every
+    time (tested), whichever subjects a Nipype worker registered before. Both this and one
+    thread (:func:`import_ants`) are needed: with either missing, a 3 mm atlas test that
+    scores Dice 1.0 alone fell to 0.70 late in the full test suite, or the repeat test
+    failed."""
     old = os.environ.get("ANTS_RANDOM_SEED")
     os.environ["ANTS_RANDOM_SEED"] = str(int(seed))
     try:
