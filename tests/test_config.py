@@ -145,7 +145,8 @@ def test_method_parameters_are_the_methods_own_arguments():
         "radius_mm": 6.0, "lambda_reg": 1e-3, "tol": 1e-3, "max_iter": 200,
     }  # fmt: skip
     tv = config.method_parameters("inversion", "tv")
-    assert tv["regularization"] == 4e-4 and "workers" not in tv and "b0_direction" not in tv
+    # None: TV's lambda is set from the voxel size (per jump between voxels)
+    assert tv["regularization"] is None and "workers" not in tv and "b0_direction" not in tv
     assert "magnitude" not in config.method_parameters("inversion", "medi")
     assert "weights" not in config.method_parameters("bfr", "pdf")
 

@@ -33,12 +33,13 @@ def estimate_mem_gb(n_voxels: int, n_echoes: int) -> float:
 
 def _inversion_record(inversion: str, params: dict | None, voxel_size_mm) -> dict:
     """The inversion's parameters for the sidecars: defaults, then the given ones; a default
-    that depends on the voxel size (single-step TV's lambda) is recorded as its value."""
-    from qsmprep.algorithms.inversion.single_step import default_regularization
+    that depends on the voxel size (TV's and single-step TV's lambda, None in their
+    signatures) is recorded as its value."""
+    from qsmprep.algorithms.inversion._common import per_jump_regularization
 
     record = {**method_parameters("inversion", inversion), **(params or {})}
-    if inversion in SINGLE_STEP_METHODS and record.get("regularization") is None and voxel_size_mm:
-        record["regularization"] = float(f"{default_regularization(voxel_size_mm):.4g}")
+    if "regularization" in record and record["regularization"] is None and voxel_size_mm:
+        record["regularization"] = float(f"{per_jump_regularization(voxel_size_mm):.4g}")
     return record
 
 

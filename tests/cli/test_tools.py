@@ -161,7 +161,7 @@ def test_shape_mismatch_fails_and_leaves_no_file(case, tmp_path, capsys):
         (["bgremove", "--field", "F", "--mask", "M"], "-o"),
         (["nosuchtool"], "nosuchtool"),
         (["invert", "--field", "F", "--mask", "M", "-o", "o.nii.gz", "--param", "lambda=1"],
-         "regularization (default 0.0004)"),
+         "regularization (default None)"),
         (["bgremove", "--field", "F", "--mask", "M", "-o", "o.nii.gz", "--param", "radius_mm"],
          "KEY=VALUE"),
         (["bgremove", "--field", "F", "--mask", "M", "-o", "o.nii.gz", "--algorithm", "lbv",

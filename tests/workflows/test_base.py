@@ -105,9 +105,9 @@ def test_top_workflow_sends_crash_files_to_the_subject_log(tmp_path):
     assert node.config["execution"]["crashdump_dir"] == str(tmp_path / "out" / "sub-01" / "log")
 
 
-def test_sidecar_records_the_single_step_lambda_used(tmp_path):
-    """Single-step TV's default lambda depends on the voxel size: the sidecar gives its value
-    (2e-4 ppm x the geometric-mean voxel size), and an explicit value as given."""
+def test_sidecar_records_the_per_jump_lambda_used(tmp_path):
+    """TV's and single-step TV's default lambda depends on the voxel size: the sidecar gives
+    its value (2e-4 ppm x the geometric-mean voxel size), and an explicit value as given."""
     import dataclasses
 
     def recorded(acq, **kw):
@@ -120,6 +120,8 @@ def test_sidecar_records_the_single_step_lambda_used(tmp_path):
     aniso = dataclasses.replace(_acq(tmp_path), voxel_size_mm=(2.0, 2.0, 3.0))
     assert recorded(aniso) == pytest.approx(2e-4 * 12 ** (1 / 3), rel=1e-3)
     assert recorded(aniso, inversion_params={"regularization": 5e-4}) == 5e-4
+    # TV follows the same rule (two-step pipeline)
+    assert recorded(aniso, inversion="tv") == pytest.approx(2e-4 * 12 ** (1 / 3), rel=1e-3)
 
 
 def test_phase_sign_and_field_strength_reach_the_nodes(tmp_path):

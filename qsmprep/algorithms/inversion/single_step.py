@@ -16,8 +16,9 @@ from qsmprep.algorithms.background import erode_mask
 from qsmprep.algorithms.inversion import _common
 from qsmprep.algorithms.kernels import smv_kernel
 
-#: Default TV weight per jump between neighbouring voxels (ppm); ``lambda = this * h``.
-VOXEL_REGULARIZATION = 2e-4
+#: Default TV weight per jump between neighbouring voxels (ppm); ``lambda = this * h``
+#: (the same rule as :func:`~qsmprep.algorithms.inversion.tv`).
+VOXEL_REGULARIZATION = _common.VOXEL_REGULARIZATION
 
 
 def single_step_tv(
@@ -151,7 +152,7 @@ def single_step_tv(
 def default_regularization(voxel_size_mm: Sequence[float]) -> float:
     """The default TV weight lambda (ppm*mm) of :func:`single_step_tv`:
     ``VOXEL_REGULARIZATION * h``, ``h`` the geometric-mean voxel size (mm)."""
-    return VOXEL_REGULARIZATION * float(np.prod(np.asarray(voxel_size_mm, float))) ** (1 / 3)
+    return _common.per_jump_regularization(voxel_size_mm, VOXEL_REGULARIZATION)
 
 
 def _data_step(v, u, b, inv_den, rho) -> None:

@@ -91,7 +91,8 @@ def star(
         survives roughly when ``|chi| mean(D^2) > lambda_1``, i.e. above ~0.1 ppm by
         default (about 2 % of the brain in the test phantom: pallidum, nigra, veins).
         Very large values leave level 1 empty and reduce STAR to ``tv``.
-    regularization : ``lambda_2`` (ppm*mm), the level-2 TV weight (4e-4, as ``tv``).
+    regularization : ``lambda_2`` (ppm*mm), the level-2 TV weight (4e-4; ``tv`` now sets its
+        own from the voxel size).
     tol : relative-change stopping tolerance of both levels (1e-2).
     max_iterations : ADMM iterations at most, per level (100).
 
