@@ -418,3 +418,15 @@ def test_tv_default_regularization_is_per_voxel_jump():
     auto = run()
     np.testing.assert_allclose(auto, run(regularization=2e-4 * 12 ** (1 / 3)), atol=1e-6)
     assert np.abs(run(regularization=4e-4) - auto).max() > 1e-4
+
+
+def test_masked_tv_fits_the_field_inside_the_mask_only(axial, estimates):
+    """The local field is not zero outside the brain; ``masked=True`` does not fit it there.
+    Measured on the noisy 64^3 phantom: 8.4 % against 12.5 % for the k-space data term."""
+    ph, chi, f = axial
+    masked = INVERSION_METHODS["tv"](f, ph.brain_mask, voxel_size_mm=(3, 3, 3), masked=True)
+    m = ph.brain_mask
+    score = metrics.nrmse(reference_chi(masked, m), chi, m)
+    assert score < 10.5
+    assert score < metrics.nrmse(reference_chi(estimates["tv"], m), chi, m) - 2.5
+    assert not masked[~m].any()

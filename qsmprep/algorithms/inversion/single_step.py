@@ -14,6 +14,7 @@ import numpy.typing as npt
 from qsmprep.algorithms import fft as _fft
 from qsmprep.algorithms.background import erode_mask
 from qsmprep.algorithms.inversion import _common
+from qsmprep.algorithms.inversion.total_variation import masked_tv_admm
 from qsmprep.algorithms.kernels import smv_kernel
 
 #: Default TV weight per jump between neighbouring voxels (ppm); ``lambda = this * h``
@@ -118,31 +119,9 @@ def single_step_tv(
     if not data_mask.any():
         raise ValueError(f"mask is too thin: eroding it by radius_mm={radius} leaves nothing")
     highpass = (1.0 - smv_kernel(p.shape, voxel_size_mm=vox, radius_mm=radius)).astype(np.float32)
-    cd = highpass * p.kernel
-    rho2 = rho3 = np.float32(100.0 * lam)
-    rho1 = np.float32(rho1)
-    inv_den = (1.0 / (rho1 * cd * cd + rho2 * p.grad_sq() + rho3)).astype(np.float32)
-    data_weight = (rho1 * cd * inv_den).astype(np.float32)  # X = data_weight F(a - u1) + ...
-    b = (p.ifft(highpass * p.fft(p.field_ppm)) * data_mask).astype(np.float32)  # M_r C f
-    a_inv_den = (1.0 / (data_mask + rho1)).astype(np.float32)
-    x = np.zeros(p.shape, np.float32)
-    data_in = b.copy()  # a - u1, with a = b, u1 = 0 at the start
-    u1, u3, support_in = np.zeros_like(x), np.zeros_like(x), np.zeros_like(x)
-    u2 = [np.zeros_like(x) for _ in range(3)]
-    spare = [np.empty_like(x) for _ in range(3)]  # the next u2
-    for it in range(max_iterations):
-        spectrum, cd_spectrum = p.fft(data_in), p.fft(support_in)
-        _common.spectra_step(spectrum, cd_spectrum, data_weight, inv_den, cd)
-        x_new = p.ifft(spectrum)
-        data_in = p.ifft(cd_spectrum)  # C D x, turned into the next a - u1 in place
-        _data_step(data_in, u1, b, a_inv_den, rho1)
-        support_in = _common.split_adjoint_update(x_new, u2, spare, lam / rho2, vox)
-        u2, spare = spare, u2
-        _support_step(x_new, u3, p.mask, support_in, rho2, rho3)
-        change = _common.relative_change(x_new, x)
-        x = x_new
-        if it >= 5 and change < tol:
-            break
+    b = p.ifft(highpass * p.fft(p.field_ppm))  # C f
+    x = masked_tv_admm(p, b, data_mask, highpass * p.kernel, lam=lam, rho1=rho1, tol=tol,
+                       max_iterations=max_iterations)  # fmt: skip
     box_shape = tuple(sl.stop - sl.start for sl in p.box)
     valid = np.zeros(p.full_shape, bool)
     valid[p.box] = _fft.crop_to(data_mask, box_shape) > 0
@@ -153,28 +132,3 @@ def default_regularization(voxel_size_mm: Sequence[float]) -> float:
     """The default TV weight lambda (ppm*mm) of :func:`single_step_tv`:
     ``VOXEL_REGULARIZATION * h``, ``h`` the geometric-mean voxel size (mm)."""
     return _common.per_jump_regularization(voxel_size_mm, VOXEL_REGULARIZATION)
-
-
-def _data_step(v, u, b, inv_den, rho) -> None:
-    """Data split, in place (``v = C D x`` on entry): ``p = v + u``, ``a = (b + rho p) /
-    (M_r + rho)`` (the voxel-wise minimiser), ``u <- p - a``, and ``v <- a - u``."""
-    if _common._nb is not None:
-        _common._nb.data_step(v, u, b, inv_den, rho)
-        return
-    v += u
-    a = (b + rho * v) * inv_den
-    u[...] = v - a
-    np.subtract(a, u, out=v)
-
-
-def _support_step(x, u, inside, adj, rho_w, rho_s) -> None:
-    """Support split and the image-space x-step input, in place: ``s = P_M(x + u)``,
-    ``u <- x + u - s``, ``adj <- rho_s (s - u) + rho_w adj`` (``adj = grad^T w`` on entry)."""
-    if _common._nb is not None:
-        _common._nb.support_step(x, u, inside, adj, rho_w, rho_s)
-        return
-    q = x + u
-    s = np.where(inside, q, np.float32(0.0))
-    u[...] = q - s
-    adj *= rho_w
-    adj += rho_s * (s - u)
