@@ -120,8 +120,9 @@ def test_sidecar_records_the_per_jump_lambda_used(tmp_path):
     aniso = dataclasses.replace(_acq(tmp_path), voxel_size_mm=(2.0, 2.0, 3.0))
     assert recorded(aniso) == pytest.approx(2e-4 * 12 ** (1 / 3), rel=1e-3)
     assert recorded(aniso, inversion_params={"regularization": 5e-4}) == 5e-4
-    # TV follows the same rule (two-step pipeline)
-    assert recorded(aniso, inversion="tv") == pytest.approx(2e-4 * 12 ** (1 / 3), rel=1e-3)
+    # TV and nonlinear TV follow the same rule (two-step pipeline)
+    for method in ("tv", "nltv"):
+        assert recorded(aniso, inversion=method) == pytest.approx(2e-4 * 12 ** (1 / 3), rel=1e-3)
 
 
 def test_phase_sign_and_field_strength_reach_the_nodes(tmp_path):
