@@ -97,10 +97,13 @@ def init_qsm_wf(
                                  reference=reference,
                                  reference_labels=reference_labels, mem_gb=mem_gb,
                                  n_procs=n_procs)  # fmt: skip
+    inv_desc = INVERSION_DESC.get(inversion, inversion)
+    if inversion == "tv" and (inversion_params or {}).get("masked"):
+        inv_desc += ", with the data term restricted to the mask"
     workflow.__desc__ = (
         f"Background fields were removed by {BFR_DESC.get(bfr, bfr)}, and the local field "
         f"(converted to ppm with B0 = {b0_tesla:g} T) was inverted by "
-        f"{INVERSION_DESC.get(inversion, inversion)}. Susceptibility was referenced to "
+        f"{inv_desc}. Susceptibility was referenced to "
         + REFERENCE_DESC.get(reference, f"the mean susceptibility of the atlas region "
                              f"'{reference}' (labels in native space)")
         + "."

@@ -167,3 +167,11 @@ def test_medi_is_weighted_by_the_echo_fits_field_noise(tmp_path, inversion):
     inode, inv = qsm_wf.get_node("inputnode"), qsm_wf.get_node("dipole_inversion")
     edge = qsm_wf._graph.get_edge_data(inode, inv) or {"connect": []}
     assert (("field_noise_std_hz", "noise_std_hz") in edge["connect"]) == (inversion == "medi")
+
+
+def test_methods_text_says_when_tv_fits_the_mask_only():
+    from qsmprep.workflows.qsm import init_qsm_wf
+
+    plain = init_qsm_wf(b0_tesla=3.0, inversion="tv").__desc__
+    masked = init_qsm_wf(b0_tesla=3.0, inversion="tv", inversion_params={"masked": True}).__desc__
+    assert "restricted to the mask" in masked and "restricted" not in plain
