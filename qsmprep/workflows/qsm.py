@@ -98,8 +98,10 @@ def init_qsm_wf(
                                  reference_labels=reference_labels, mem_gb=mem_gb,
                                  n_procs=n_procs)  # fmt: skip
     inv_desc = INVERSION_DESC.get(inversion, inversion)
-    if inversion == "tv" and (inversion_params or {}).get("masked"):
-        inv_desc += ", with the data term restricted to the mask"
+    if inversion == "tv":
+        masked = {**method_parameters("inversion", "tv"), **(inversion_params or {})}["masked"]
+        inv_desc += (", with the data term restricted to the mask" if masked
+                     else ", with a k-space data term")  # fmt: skip
     workflow.__desc__ = (
         f"Background fields were removed by {BFR_DESC.get(bfr, bfr)}, and the local field "
         f"(converted to ppm with B0 = {b0_tesla:g} T) was inverted by "

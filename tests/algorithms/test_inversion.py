@@ -34,7 +34,7 @@ NRMSE_MAX = {
     "tsvd": 41.0,  # 37.7
     "tikhonov": 32.0,  # 28.3
     "rts": 20.0,  # 16.8
-    "tv": 15.0,  # 12.5 (lambda 6e-4 at 3 mm; 11.8 with the earlier fixed 4e-4)
+    "tv": 14.0,  # 11.2 (masked=False: 12.5; 11.8 with the earlier fixed 4e-4)
     "isqsm": 60.0,  # 56.2 (delta 0.25 keeps only the best-conditioned band)
 }
 LINEAR = ("tkd", "tsvd", "tikhonov", "isqsm")
@@ -414,19 +414,19 @@ def test_tv_default_regularization_is_per_voxel_jump():
     ph = simulate.make_head_phantom((40, 40, 28), voxel_size_mm=vox)
     local = np.where(ph.brain_mask, forward_field(ph.true_chi(), voxel_size_mm=vox), 0)
     run = lambda **kw: INVERSION_METHODS["tv"](local, ph.brain_mask, voxel_size_mm=vox,  # noqa: E731
-                                               max_iterations=10, **kw)  # fmt: skip
+                                               max_iterations=10, masked=False, **kw)  # fmt: skip
     auto = run()
     np.testing.assert_allclose(auto, run(regularization=2e-4 * 12 ** (1 / 3)), atol=1e-6)
     assert np.abs(run(regularization=4e-4) - auto).max() > 1e-4
 
 
-def test_masked_tv_fits_the_field_inside_the_mask_only(axial, estimates):
-    """The local field is not zero outside the brain; ``masked=True`` does not fit it there.
-    Measured on the noisy 64^3 phantom: 8.4 % against 12.5 % for the k-space data term."""
+def test_tv_data_term_inside_the_mask_beats_the_k_space_one(axial, estimates):
+    """The local field is not zero outside the brain: TV's default fits it inside the mask
+    only, ``masked=False`` also fits a zero field outside. Measured on the noisy 64^3
+    phantom: 11.2 % against 12.5 % (HFEN, though, 16.2 against 11.5 %)."""
     ph, chi, f = axial
-    masked = INVERSION_METHODS["tv"](f, ph.brain_mask, voxel_size_mm=(3, 3, 3), masked=True)
+    kspace = INVERSION_METHODS["tv"](f, ph.brain_mask, voxel_size_mm=(3, 3, 3), masked=False)
     m = ph.brain_mask
-    score = metrics.nrmse(reference_chi(masked, m), chi, m)
-    assert score < 10.5
-    assert score < metrics.nrmse(reference_chi(estimates["tv"], m), chi, m) - 2.5
-    assert not masked[~m].any()
+    score = metrics.nrmse(reference_chi(estimates["tv"], m), chi, m)
+    assert score < metrics.nrmse(reference_chi(kspace, m), chi, m) - 1.0
+    assert not estimates["tv"][~m].any() and not kspace[~m].any()

@@ -172,6 +172,7 @@ def test_medi_is_weighted_by_the_echo_fits_field_noise(tmp_path, inversion):
 def test_methods_text_says_when_tv_fits_the_mask_only():
     from qsmprep.workflows.qsm import init_qsm_wf
 
-    plain = init_qsm_wf(b0_tesla=3.0, inversion="tv").__desc__
-    masked = init_qsm_wf(b0_tesla=3.0, inversion="tv", inversion_params={"masked": True}).__desc__
-    assert "restricted to the mask" in masked and "restricted" not in plain
+    masked = init_qsm_wf(b0_tesla=3.0, inversion="tv").__desc__  # the default
+    kspace = init_qsm_wf(b0_tesla=3.0, inversion="tv", inversion_params={"masked": False}).__desc__
+    assert "restricted to the mask" in masked and "restricted" not in kspace
+    assert "k-space data term" in kspace
