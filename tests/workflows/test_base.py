@@ -123,6 +123,14 @@ def test_sidecar_records_the_per_jump_lambda_used(tmp_path):
     # TV and nonlinear TV follow the same rule (two-step pipeline)
     for method in ("tv", "nltv"):
         assert recorded(aniso, inversion=method) == pytest.approx(2e-4 * 12 ** (1 / 3), rel=1e-3)
+    # TV's padding follows its data term
+    def pad(**kw):
+        wf = init_single_acquisition_wf(aniso, output_dir=str(tmp_path), bids_dir=str(tmp_path),
+                                        inversion="tv", **kw)  # fmt: skip
+        meta = wf.get_node("derivatives_wf").get_node("ds_chimap").inputs.metadata
+        return meta["Parameters"]["inversion"]["pad_factor"]
+
+    assert pad() == 1.25 and pad(inversion_params={"masked": False}) == 1.5
 
 
 def test_phase_sign_and_field_strength_reach_the_nodes(tmp_path):
