@@ -517,10 +517,14 @@ def _run_bgremove(args) -> None:
 
 
 def _load_phase_stack(paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Phase files as ``(X, Y, Z, E)`` radians. As in the pipeline, a header scaling that
+    shrinks the phase to an implausible span is undone (with a note on stderr)."""
     from qsmprep.algorithms.phase import scale_phase
     from qsmprep.interfaces import nifti
 
-    stack, affine = nifti.load_stack(paths)
+    stack, affine, notes = nifti.load_phase_stack(paths)
+    for note in notes:
+        print(f"{PROG}: note: {note}", file=sys.stderr)
     try:
         return scale_phase(stack), affine
     except ValueError as exc:
@@ -583,15 +587,13 @@ def _run_combine(args) -> None:
 
 
 def _run_unwrap(args) -> None:
-    from qsmprep.algorithms.phase import scale_phase
     from qsmprep.algorithms.unwrap import unwrap_laplacian
 
-    phase, affine = _load3d(args.phase)
+    phase, affine = _load_phase_stack([args.phase])
+    if phase.shape[3] != 1:
+        raise ValueError(f"{args.phase}: expected a 3-D image, got shape {phase.shape}")
+    phase = phase[..., 0]
     mask = None if args.mask is None else _load_mask(args.mask, phase.shape, affine, args.phase)
-    try:
-        phase = scale_phase(phase)
-    except ValueError as exc:
-        raise ValueError(f"{args.phase}: {exc}") from exc
     voxel_size_mm = _voxel_size_mm(affine)
     unwrapped = unwrap_laplacian(phase, voxel_size_mm=voxel_size_mm, mask=mask)
     _save_all([(unwrapped, affine, args.output, np.float32)])
@@ -616,11 +618,19 @@ def _run_r2star(args) -> None:
     _save_all(items)
 
 
-def _load_echo(path: str, echo: int | None) -> tuple[np.ndarray, np.ndarray, int]:
-    """A 3-D image, or echo ``echo`` (1-based; default the last) of a 4-D one."""
+def _load_echo(
+    path: str, echo: int | None, *, phase: bool = False
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """A 3-D image, or echo ``echo`` (1-based; default the last) of a 4-D one. ``phase``:
+    undo a header scaling that shrinks the phase to an implausible span, as the pipeline."""
     from qsmprep.interfaces import nifti
 
-    data, affine = nifti.load(path)
+    if phase:
+        data, affine, notes = nifti.load_phase_stack([path])
+        for note in notes:
+            print(f"{PROG}: note: {note}", file=sys.stderr)
+    else:
+        data, affine = nifti.load(path)
     if data.ndim == 3:
         data = data[..., None]
     if data.ndim != 4:
@@ -636,7 +646,7 @@ def _run_swi(args) -> None:
     from qsmprep.algorithms.swi import minimum_intensity_projection, swi
 
     mag, affine, n_mag = _load_echo(args.magnitude, args.echo)
-    phase, phase_affine, n_phase = _load_echo(args.phase, args.echo)
+    phase, phase_affine, n_phase = _load_echo(args.phase, args.echo, phase=True)
     if phase.shape[:3] != mag.shape[:3]:
         raise ValueError(f"{args.phase}: phase shape {phase.shape[:3]} does not match "
                          f"{args.magnitude} {mag.shape[:3]}")  # fmt: skip

@@ -259,6 +259,38 @@ def test_combine_gives_total_field_hz_and_unwrap_gives_radians(case, gre, tmp_pa
     assert np.all(unwrapped[~brain] == 0)
 
 
+def test_stage_tools_undo_a_spurious_phase_scaling(case, gre, tmp_path, capsys):
+    """Radian phase stored with an scl_slope of 1/855 (seen in real files: +-pi -> +-0.0037).
+    The tools, like the pipeline, use the stored values with a note; without that the field
+    came out 855x too small."""
+    import nibabel as nb
+
+    shrunk = []
+    for e, path in enumerate(gre["phase"]):
+        img = nb.Nifti1Image(np.asarray(nb.load(path).dataobj, np.float32), case["affine"])
+        img.header.set_slope_inter(1 / 855, 0)
+        shrunk.append(str(tmp_path / f"shrunk{e}.nii.gz"))
+        nb.save(img, shrunk[-1])
+    assert np.ptp(nifti.load(shrunk[0])[0]) < 0.01  # what nibabel gives
+    fields = {}
+    for name, phases in (("plain", gre["phase"]), ("shrunk", shrunk)):
+        out = tmp_path / f"field_{name}.nii.gz"
+        assert main(["combine", "--phase", *phases, "--magnitude", *gre["mag"], "--te-s",
+                     *map(str, TES_S), "--mask", case["mask"], "-o", str(out)]) == 0  # fmt: skip
+        fields[name] = nifti.load(out)[0]
+    assert "note:" in capsys.readouterr().err
+    np.testing.assert_allclose(fields["shrunk"], fields["plain"], atol=1e-3)
+    out = tmp_path / "unwrapped_shrunk.nii.gz"
+    assert main(["unwrap", "--phase", shrunk[2], "--mask", case["mask"], "-o", str(out)]) == 0
+    assert np.ptp(nifti.load(out)[0]) > 1.0  # radians, not 1/855 of them
+    swis = {}
+    for name, phase in (("plain", gre["phase"][2]), ("shrunk", shrunk[2])):
+        out = tmp_path / f"swi_{name}.nii.gz"
+        assert main(["swi", "--magnitude", gre["mag"][2], "--phase", phase, "-o", str(out)]) == 0
+        swis[name] = nifti.load(out)[0]
+    np.testing.assert_allclose(swis["shrunk"], swis["plain"], rtol=1e-4, atol=1e-4)
+
+
 R2S_VOX = (4.0, 4.0, 4.0)
 R2S_TES_S = (0.005, 0.010, 0.015, 0.020)
 
