@@ -28,7 +28,7 @@ except ImportError:  # pragma: no cover - numba missing
 PAD_FACTOR = 1.5
 #: Default margin (voxels) kept around the mask's bounding box before padding.
 MARGIN_VOX = 4
-#: Default TV weight per jump between neighbouring voxels (ppm) of ``tv`` and
+#: Default TV weight per jump between neighbouring voxels (ppm) of ``tv``, ``nltv`` and
 #: ``single_step_tv``: ``lambda = VOXEL_REGULARIZATION * h`` (:func:`per_jump_regularization`).
 VOXEL_REGULARIZATION = 2e-4
 

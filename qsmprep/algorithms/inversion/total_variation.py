@@ -43,7 +43,6 @@ def _admm_tv(
     return x, it
 
 
-
 def masked_tv_admm(
     p: _common.InversionProblem,
     data: np.ndarray,
@@ -115,7 +114,7 @@ def _data_step(v, u, b, inv_den, rho) -> None:
 
 
 def _support_step(x, u, inside, adj, rho_w, rho_s) -> None:
-    """Support split and the image-space x-step input, in place: ``s = P_M(x + u)``,
+    """Support split and the image-space x-step input, in place: ``s = P_S(x + u)``,
     ``u <- x + u - s``, ``adj <- rho_s (s - u) + rho_w adj`` (``adj = grad^T w`` on entry)."""
     if _common._nb is not None:
         _common._nb.support_step(x, u, inside, adj, rho_w, rho_s)
