@@ -103,7 +103,7 @@ def test_deep_grey_region_means_slope(method, axial, estimates):
         metrics.region_means(estimates[method], ph.labels, ids),
         metrics.region_means(chi, ph.labels, ids),
     )
-    assert 0.8 <= slope <= 1.2  # measured: tikhonov 0.85, rts 0.91, tv 0.95
+    assert 0.8 <= slope <= 1.2  # measured: tikhonov 0.85, rts 0.91, tv 0.93
 
 
 @pytest.mark.parametrize("method", GEOMETRY)
@@ -120,7 +120,7 @@ def test_anisotropic_voxels(method):
     vox = (2.0, 2.0, 3.0)
     ph, chi, f = _case(shape=(64, 64, 43), vox=vox)
     est = invert(method, f, ph.brain_mask, voxel_size_mm=vox)
-    limit = {"tkd": 39.0, "rts": 21.0, "tv": 19.0}[method]  # measured 35.4, 17.9, 15.7
+    limit = {"tkd": 39.0, "rts": 21.0, "tv": 12.0}[method]  # measured 35.4, 17.9, 8.8
     assert metrics.nrmse(est, chi, ph.brain_mask) < limit
     as_iso = invert(method, f, ph.brain_mask, voxel_size_mm=(3.0, 3.0, 3.0))
     assert metrics.nrmse(as_iso, chi, ph.brain_mask) > limit + 5  # measured 47-60
