@@ -178,13 +178,14 @@ def large_case() -> dict:
 
 
 def method_pad_factor(method: str) -> float:
-    """The zero padding a method uses by default (``tv``'s None: its masked form's 1.25)."""
+    """The zero padding a method uses by default (``tv``'s None: set by its data term)."""
     import inspect
 
-    from qsmprep.algorithms.inversion.total_variation import MASKED_PAD_FACTOR
+    from qsmprep.algorithms.inversion.total_variation import default_pad_factor
 
-    pad = inspect.signature(INVERSION_METHODS[method]).parameters["pad_factor"].default
-    return MASKED_PAD_FACTOR if pad is None else pad
+    params = inspect.signature(INVERSION_METHODS[method]).parameters
+    pad = params["pad_factor"].default
+    return default_pad_factor(params["masked"].default) if pad is None else pad
 
 
 def fft_pair_seconds(case, repeats: int = 3, pad_factor: float = _common.PAD_FACTOR

@@ -41,10 +41,9 @@ def _inversion_record(inversion: str, params: dict | None, voxel_size_mm) -> dic
     if "regularization" in record and record["regularization"] is None and voxel_size_mm:
         record["regularization"] = float(f"{per_jump_regularization(voxel_size_mm):.4g}")
     if inversion == "tv" and record.get("pad_factor") is None:  # set by the data term
-        from qsmprep.algorithms.inversion._common import PAD_FACTOR
-        from qsmprep.algorithms.inversion.total_variation import MASKED_PAD_FACTOR
+        from qsmprep.algorithms.inversion.total_variation import default_pad_factor
 
-        record["pad_factor"] = MASKED_PAD_FACTOR if record.get("masked", True) else PAD_FACTOR
+        record["pad_factor"] = default_pad_factor(record["masked"])
     return record
 
 

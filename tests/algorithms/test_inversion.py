@@ -430,3 +430,16 @@ def test_tv_data_term_inside_the_mask_beats_the_k_space_one(axial, estimates):
     score = metrics.nrmse(reference_chi(estimates["tv"], m), chi, m)
     assert score < metrics.nrmse(reference_chi(kspace, m), chi, m) - 1.0
     assert not estimates["tv"][~m].any() and not kspace[~m].any()
+
+
+def test_tv_default_padding_follows_the_data_term():
+    """pad_factor=None: 1.25 with the mask data term, 1.5 with the k-space one."""
+    vox = (3.0, 3.0, 3.0)
+    ph = simulate.make_head_phantom((40, 40, 40), voxel_size_mm=vox)
+    local = np.where(ph.brain_mask, forward_field(ph.true_chi(), voxel_size_mm=vox), 0)
+    run = lambda **kw: INVERSION_METHODS["tv"](local, ph.brain_mask, voxel_size_mm=vox,  # noqa: E731
+                                               max_iterations=8, **kw)  # fmt: skip
+    auto = run()
+    np.testing.assert_array_equal(auto, run(pad_factor=1.25))
+    assert np.abs(run(pad_factor=1.5) - auto).max() > 1e-5
+    np.testing.assert_array_equal(run(masked=False), run(masked=False, pad_factor=1.5))

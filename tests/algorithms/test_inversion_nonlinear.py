@@ -230,3 +230,14 @@ def test_ndi_fused_update_matches_numpy(case, estimates, monkeypatch):
     plain = ndi(f, ph.brain_mask, voxel_size_mm=VOX)
     ref = estimates["ndi"]
     assert np.abs(plain - ref).max() < 1e-5 * np.abs(ref).max()
+
+
+def test_nltv_default_regularization_is_per_voxel_jump():
+    """nltv's default lambda is 2e-4 ppm x the geometric-mean voxel size, as TV's."""
+    vox = (2.0, 2.0, 3.0)
+    ph = simulate.make_head_phantom((40, 40, 28), voxel_size_mm=vox)
+    local = np.where(ph.brain_mask, kernels.forward_field(ph.true_chi(), voxel_size_mm=vox), 0)
+    run = lambda **kw: nltv(local, ph.brain_mask, voxel_size_mm=vox, max_iterations=5, **kw)  # noqa: E731
+    auto = run()
+    np.testing.assert_allclose(auto, run(regularization=2e-4 * 12 ** (1 / 3)), atol=1e-6)
+    assert np.abs(run(regularization=4e-4) - auto).max() > 1e-4

@@ -13,6 +13,12 @@ from qsmprep.algorithms.inversion import _common
 MASKED_PAD_FACTOR = 1.25
 
 
+def default_pad_factor(masked: bool) -> float:
+    """``tv``'s zero padding when ``pad_factor`` is None: 1.25 for the mask data term, 1.5
+    (``_common.PAD_FACTOR``) for the k-space one."""
+    return MASKED_PAD_FACTOR if masked else _common.PAD_FACTOR
+
+
 def _admm_tv(
     p: _common.InversionProblem, *, lam: float, rho: float, tol: float, max_iterations: int
 ) -> tuple[np.ndarray, int]:
@@ -215,7 +221,7 @@ def tv(
     tol = _common.check_number("tol", tol)
     max_iterations = _common.check_count("max_iterations", max_iterations)
     if pad_factor is None:
-        pad_factor = MASKED_PAD_FACTOR if masked else _common.PAD_FACTOR
+        pad_factor = default_pad_factor(masked)
     p = _common.setup(
         local_field_ppm,
         mask,
