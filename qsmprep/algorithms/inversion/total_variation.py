@@ -75,7 +75,10 @@ def masked_tv_admm(
 
     with ``rho_2 = rho_3 = rho`` (default ``100 lam``). 4 FFTs per iteration (the two
     image-space terms share one); at least 6 iterations, then stop when the relative change
-    is below ``tol``.
+    is below ``tol``. With ``S`` = the whole box the projection is the identity and the
+    ``s`` split reduces to a proximal term ``rho_3 ||x - x_k||^2 / 2``: it does not move the
+    solution, and its ``rho_3`` keeps the x-step defined at ``k = 0``, where ``D`` and ``G``
+    vanish.
     Returns the padded solution (float32).
     """
     vox = p.voxel_size_mm
