@@ -48,6 +48,28 @@ def b0_direction_from_affine(affine: npt.ArrayLike) -> np.ndarray:
     return b / np.linalg.norm(b)
 
 
+def axis_skew_degrees(affine: npt.ArrayLike) -> float:
+    """Largest departure (degrees) of an affine's voxel axes from perpendicular.
+
+    ``max_{i<j} |90 - angle(a_i, a_j)|`` over the columns ``a_i`` of ``affine[:3, :3]``. Scanner
+    affines are a rotation times the voxel sizes, so this is 0 up to float32 rounding
+    (~1e-5 degrees). A sheared affine has no rotation to take B0 from:
+    :func:`b0_direction_from_affine` then returns the direction for the normalised columns
+    taken as axes, and an FFT dipole kernel on orthogonal axes is only approximate.
+
+    Examples
+    --------
+    >>> axis_skew_degrees(np.diag([1.0, 1.0, 2.0, 1.0]))
+    0.0
+    >>> round(axis_skew_degrees([[1, 0, 0.5], [0, 1, 0], [0, 0, 1]]), 2)
+    26.57
+    """
+    a = np.asarray(affine, dtype=float)[:3, :3]
+    unit = a / voxel_size_from_affine(a)
+    cosines = np.abs(unit.T @ unit)[np.triu_indices(3, k=1)]
+    return float(np.degrees(np.arcsin(np.clip(cosines.max(), 0.0, 1.0))))
+
+
 def _check_b0_dir(b0_direction: npt.ArrayLike) -> np.ndarray:
     b = np.asarray(b0_direction, dtype=float).reshape(-1)
     if b.size != 3 or not np.all(np.isfinite(b)) or np.linalg.norm(b) == 0:

@@ -404,6 +404,18 @@ def _voxel_size_mm(affine: np.ndarray) -> np.ndarray:
     return np.round(nifti.geometry(affine)[0], 5)
 
 
+def _note_skew(affine: np.ndarray, path: str) -> None:
+    """A note on stderr when ``path``'s affine is sheared (see ``check_acquisition_advice``)."""
+    from qsmprep.algorithms.kernels import axis_skew_degrees
+    from qsmprep.interfaces.bids import MAX_AXIS_SKEW_DEG
+
+    skew = axis_skew_degrees(affine)
+    if skew > MAX_AXIS_SKEW_DEG:
+        print(f"{PROG}: note: {path}: the affine is sheared (voxel axes {skew:.1f} degrees from "
+              "perpendicular); the B0 direction and the dipole model are approximate",
+              file=sys.stderr)  # fmt: skip
+
+
 def b0_direction_voxel(affine: np.ndarray, b0_world=None) -> np.ndarray:
     """Unit B0 direction in voxel axes from a world-frame vector (default world +z).
 
@@ -482,6 +494,7 @@ def _run_invert(args) -> None:
             sd = constants.hz_to_ppm(sd, b0_tesla=args.b0_tesla)
         params["noise_std"] = sd
     voxel_size_mm = _voxel_size_mm(affine)
+    _note_skew(affine, args.field)
     b0_dir = b0_direction_voxel(affine, args.b0_dir)
     field = np.where(mask, field, 0).astype(np.float32)
     if args.algorithm in SINGLE_STEP_METHODS:  # the total field: background removal included
@@ -505,6 +518,7 @@ def _run_bgremove(args) -> None:
     if not np.all(np.isfinite(field[mask])):
         raise ValueError(f"{args.field}: field has non-finite values inside the mask")
     voxel_size_mm = _voxel_size_mm(affine)
+    _note_skew(affine, args.field)
     local, valid = remove_background(
         args.algorithm, np.where(mask, field, 0).astype(np.float32), mask,
         voxel_size_mm=voxel_size_mm, b0_direction=b0_direction_voxel(affine, args.b0_dir),

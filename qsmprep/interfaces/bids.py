@@ -37,6 +37,9 @@ __all__ = [
     "validate_dataset_layout",
 ]
 
+#: Voxel axes further than this (degrees) from perpendicular get a warning (float32 affines of
+#: scanner data are within ~1e-5 degrees).
+MAX_AXIS_SKEW_DEG = 0.5
 #: BIDS suffixes of the phase data qsmprep processes.
 SUFFIXES: tuple[str, ...] = ("MEGRE", "T2starw")
 #: Keys of a ``--bids-filter-file`` and the suffix each one filters.
@@ -90,6 +93,9 @@ class Acquisition:
     t1w_file : str or None
         A T1-weighted image of the same subject and session (``anat/*_T1w.nii[.gz]``), the
         intermediate of the template registration when present.
+    axis_skew_deg : float
+        Largest departure of the voxel axes from perpendicular, in degrees
+        (:func:`qsmprep.algorithms.kernels.axis_skew_degrees`); 0 for scanner data.
     """
 
     subject: str
@@ -106,6 +112,7 @@ class Acquisition:
     shape: tuple[int, ...] | None = None
     voxel_size_mm: tuple[float, ...] | None = None
     t1w_file: str | None = None
+    axis_skew_deg: float = 0.0
 
     def __post_init__(self) -> None:
         if self.suffix not in SUFFIXES:
@@ -346,6 +353,10 @@ def _echo_entity(bids_file: Any, suffix: str, root: Path) -> str | None:
 
 
 def _by_echo(files: list[Any], suffix: str, root: Path) -> dict[str | None, Any]:
+    # A lone MEGRE image without echo-<index> (qsm-forward and some converters write a single
+    # echo so) is read as one echo; check_acquisition_advice then says it is not valid BIDS.
+    if len(files) == 1 and files[0].get_entities(metadata=False).get("echo") is None:
+        return {None: files[0]}
     out: dict[str | None, Any] = {}
     for bids_file in files:
         echo = _echo_entity(bids_file, suffix, root)
@@ -429,9 +440,12 @@ def _image_grid(path: str) -> tuple[tuple[int, ...], Any, tuple[float, ...]]:
     return tuple(int(n) for n in img.shape), img.affine, zooms
 
 
-def _check_grids(paths: list[str], root: Path) -> tuple[tuple[int, ...], tuple[float, ...]]:
-    """Check that all images are 3D on one grid; return the shape and voxel size (mm)."""
+def _check_grids(paths: list[str], root: Path) -> tuple[tuple[int, ...], tuple[float, ...], float]:
+    """Check that all images are 3D on one grid; return the shape, voxel size (mm) and the
+    axes' skew (degrees)."""
     import numpy as np
+
+    from qsmprep.algorithms.kernels import axis_skew_degrees
 
     shape0, affine0, zooms0 = _image_grid(paths[0])
     if len(shape0) < 3 or any(n != 1 for n in shape0[3:]):
@@ -447,7 +461,7 @@ def _check_grids(paths: list[str], root: Path) -> tuple[tuple[int, ...], tuple[f
             raise BIDSInputError(
                 f"image grids (affines) differ: {_rel(paths[0], root)} and {_rel(path, root)}"
             )
-    return shape0[:3], zooms0[:3]
+    return shape0[:3], zooms0[:3], axis_skew_degrees(affine0)
 
 
 def _field_strength(
@@ -501,7 +515,7 @@ def _build_acquisition(
     mag_paths = [mags[echo].path for echo in echoes] if mags else []
     for mag_path, time_s in zip(mag_paths, times, strict=False):  # none if phase-only
         _check_magnitude_echo_time(layout, mag_path, time_s, root)
-    shape, zooms = _check_grids(paths + mag_paths, root)
+    shape, zooms, skew = _check_grids(paths + mag_paths, root)
     b0, from_cli = _field_strength(metadata[0], paths[0], b0_tesla, root)
     subject, session, acq, run = key
     return Acquisition(
@@ -509,6 +523,7 @@ def _build_acquisition(
         phase_files=tuple(paths), magnitude_files=tuple(mag_paths),
         echo_times_s=tuple(times), b0_tesla=b0, b0_from_cli=from_cli,
         phase_units=_phase_units(metadata, paths, root), shape=shape, voxel_size_mm=zooms,
+        axis_skew_deg=skew,
     )  # fmt: skip
 
 
@@ -635,7 +650,10 @@ def check_acquisition_advice(acq: Acquisition) -> list[str]:
     """Compare an acquisition with the 2024 QSM consensus advice (warn, never refuse).
 
     Checks at least 3 echoes, uniform echo spacing and isotropic voxels of at most 1 mm
-    (QSM Consensus Organization Committee, MRM 2024, doi:10.1002/mrm.30006).
+    (QSM Consensus Organization Committee, MRM 2024, doi:10.1002/mrm.30006). Also warns
+    about two departures from BIDS or from scanner geometry that qsmprep still reads: a lone
+    MEGRE image without ``echo-<index>``, and a sheared affine (qsm-forward writes one for
+    anisotropic voxels with a tilted B0).
 
     Returns
     -------
@@ -644,6 +662,21 @@ def check_acquisition_advice(acq: Acquisition) -> list[str]:
         ``acq.name``, so callers prefix it.
     """
     warnings = []
+    if (
+        acq.suffix == "MEGRE"
+        and acq.n_echoes == 1
+        and "_echo-" not in Path(acq.phase_files[0]).name
+    ):
+        warnings.append(
+            "the MEGRE phase image has no echo-<index> entity, which BIDS requires; "
+            "read as a single echo"
+        )
+    if acq.axis_skew_deg > MAX_AXIS_SKEW_DEG:
+        warnings.append(
+            f"the affine is sheared: voxel axes {acq.axis_skew_deg:.1f} degrees from "
+            "perpendicular, which no scanner writes; the B0 direction read from it and the "
+            "dipole model (orthogonal axes) are approximate, so check how the file was made"
+        )
     if acq.n_echoes < 3:
         warnings.append(
             f"{acq.n_echoes} echo(es); {_CONSENSUS} at least 3 echoes for a robust field estimate"

@@ -493,3 +493,20 @@ def test_invert_nonlinear_phase_scale_from_b0_and_te(case, tmp_path):
     a, b, default = (nifti.load(o)[0] for o in outs)
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
     assert not np.allclose(a, default, rtol=1e-3, atol=1e-5)
+
+
+def test_sheared_affine_gets_a_note(case, tmp_path, capsys):
+    sheared = case["affine"].copy()
+    sheared[:3, 2] += 0.3 * sheared[:3, 0]  # axis 3 leans to axis 1: atan(0.3) = 16.7 deg
+    field, _ = nifti.load(case["local"])
+    mask, _ = nifti.load(case["mask"])
+    f = nifti.save(field, sheared, tmp_path / "f.nii.gz")
+    m = nifti.save(mask, sheared, tmp_path / "m.nii.gz")
+    out = tmp_path / "chi.nii.gz"
+    capsys.readouterr()
+    assert main(["invert", "--field", f, "--mask", m, "-o", str(out), "--algorithm", "tkd"]) == 0
+    err = capsys.readouterr().err
+    assert "sheared" in err and "16.7 degrees" in err
+    assert main(["invert", "--field", case["local"], "--mask", case["mask"], "-o", str(out),
+                 "--algorithm", "tkd"]) == 0  # fmt: skip
+    assert "sheared" not in capsys.readouterr().err

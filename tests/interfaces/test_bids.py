@@ -279,8 +279,22 @@ def test_magnitude_count_mismatch(make_bids):
         collect_acquisitions(root)
 
 
-def test_megre_without_echo_entity(make_bids):
-    root = make_bids(echoes=1, phase_only=True)
+def test_lone_megre_without_echo_entity_is_one_echo_with_a_warning(make_bids):
+    # qsm-forward writes a single echo so; refusing it would refuse QSMxT users' data.
+    root = make_bids(echoes=1)
+    anat = _anat(root)
+    for part in ("phase", "mag"):
+        for ext in (".nii.gz", ".json"):
+            (anat / f"sub-01_echo-1_part-{part}_MEGRE{ext}").rename(
+                anat / f"sub-01_part-{part}_MEGRE{ext}"
+            )
+    (acq,) = collect_acquisitions(root)
+    assert acq.n_echoes == 1 and len(acq.magnitude_files) == 1
+    assert any("no echo-<index> entity" in w for w in check_acquisition_advice(acq))
+
+
+def test_megre_without_echo_entity_among_echoes(make_bids):
+    root = make_bids(echoes=2, phase_only=True)
     anat = _anat(root)
     for ext in (".nii.gz", ".json"):
         (anat / f"sub-01_echo-1_part-phase_MEGRE{ext}").rename(
@@ -406,3 +420,15 @@ def test_advice_on_collected_t2starw(make_bids):
     (acq,) = collect_acquisitions(make_bids(suffix="T2starw"))
     (warning,) = check_acquisition_advice(acq)
     assert warning.startswith("1 echo(es);") and "doi:10.1002/mrm.30006" in warning
+
+
+def test_sheared_affine_is_measured_and_warned(make_bids):
+    root = make_bids(echoes=3)
+    sheared = np.array([[1.0, 0, 0.2, 0], [0, 1.0, 0, 0], [0, 0, 2.0, 0], [0, 0, 0, 1]])
+    for path in _anat(root).glob("*.nii.gz"):
+        img = nib.load(path)
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj), sheared), path)
+    (acq,) = collect_acquisitions(root)
+    assert acq.axis_skew_deg == pytest.approx(np.degrees(np.arctan(0.2 / 2.0)), abs=0.01)
+    assert any("sheared" in w for w in check_acquisition_advice(acq))
+    assert not any("sheared" in w for w in check_acquisition_advice(_acq()))
