@@ -82,6 +82,25 @@ def describe_plan(settings, acquisitions) -> str:
     return "\n".join(lines)
 
 
+#: Seconds between Nipype's scheduling rounds with the local MultiProc plugin.
+LOCAL_POLL_SLEEP_S = 0.1
+
+
+def execution_config(plugin: str) -> dict:
+    """Nipype's ``[execution]`` settings for a run with ``plugin``.
+
+    Nipype's scheduler sleeps up to ``poll_sleep_duration`` (default 2 s) between rounds, that
+    is after almost every node of a chain: 2/3 of a 64^3 subject's wall time. Local MultiProc
+    workers need no such pause (the bundled example: 58 -> 34 s, same outputs); cluster
+    plugins (SLURM, ...) keep the default, since each of their polls queries the scheduler.
+    """
+    execution = {"stop_on_first_crash": False, "hash_method": "content",
+                 "remove_unnecessary_outputs": True}  # fmt: skip
+    if plugin == "MultiProc":
+        execution["poll_sleep_duration"] = LOCAL_POLL_SLEEP_S
+    return execution
+
+
 def _plugin(settings) -> tuple[str, dict]:
     if settings.use_plugin:
         from qsmprep.config import load_plugin_settings
@@ -237,8 +256,8 @@ def run_participant(settings) -> int:
     work_dir = Path(settings.work_dir or (out.parent / "work"))
     level = "INFO" if settings.verbose else "WARNING"
     _quiet_nipype_workers(work_dir, level)
-    ncfg.update_config({"execution": {"stop_on_first_crash": False, "hash_method": "content",
-                                      "remove_unnecessary_outputs": True},
+    plugin, plugin_args = _plugin(settings)
+    ncfg.update_config({"execution": execution_config(plugin),
                         "logging": {"workflow_level": level, "interface_level": level,
                                     "utils_level": level},
                         "monitoring": {"enabled": False}})  # fmt: skip
@@ -251,7 +270,6 @@ def run_participant(settings) -> int:
         settings.to_toml(log_dir / "qsmprep.toml")
     workflow = init_qsmprep_wf(settings, acquisitions, work_dir=work_dir, regions=regions)
     _write_citation(workflow, out)
-    plugin, plugin_args = _plugin(settings)
     try:
         workflow.run(plugin=plugin, plugin_args=plugin_args)
     except Exception as exc:  # nipype raises RuntimeError listing crashed nodes

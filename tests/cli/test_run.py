@@ -93,3 +93,10 @@ def test_version(capsys):
         main(["--version"])
     assert exc.value.code == 0
     assert __version__ in capsys.readouterr().out
+
+
+def test_local_runs_poll_fast_and_cluster_runs_keep_nipypes_default():
+    from qsmprep.cli.run import LOCAL_POLL_SLEEP_S, execution_config
+
+    assert execution_config("MultiProc")["poll_sleep_duration"] == LOCAL_POLL_SLEEP_S < 1
+    assert "poll_sleep_duration" not in execution_config("SLURM")
