@@ -16,7 +16,9 @@ Siemens-style integer phase) and the two anatomical phantoms of
 mask that takes in bone or dura brings), to test robustness. ``--slab MM`` keeps only an
 axial slab of MM (third voxel axis) through the brain's centre before the front end, as a
 partial-coverage acquisition would (the field still comes from the whole head).
-``--single-step-radii 3 4 5 6 8`` scans single-step TV's SMV radius. ``--edge`` also scores
+``--single-step-radii 3 4 5 6 8`` scans single-step TV's SMV radius.
+``--single-step-config LABEL=key=value[,...]`` (repeatable) adds single-step TV with other
+parameters (``lambda_factor`` multiplies the default per-jump lambda). ``--edge`` also scores
 the brain outside the mask eroded by 6 mm, where the default Chimap is not written
 (single-step TV's values there, referenced by its core's mean).
 """
@@ -36,6 +38,7 @@ from qsmprep.algorithms import combine, masking
 from qsmprep.algorithms.background import erode_mask, remove_background
 from qsmprep.algorithms.constants import hz_to_ppm, phase_rad_per_ppm, ppm_to_hz
 from qsmprep.algorithms.inversion import USES_FIELD_NOISE, USES_MAGNITUDE, invert
+from qsmprep.algorithms.inversion._common import per_jump_regularization
 from qsmprep.algorithms.inversion.single_step import single_step_tv
 from qsmprep.algorithms.kernels import forward_field
 from qsmprep.algorithms.metrics import nrmse
@@ -154,6 +157,13 @@ def pipeline_params(inversion: str, case, mask, weights: str) -> dict:
     return params
 
 
+def parse_single_step_config(text: str) -> tuple[str, dict]:
+    """``LABEL=key=value[,key=value...]`` -> ``(LABEL, {key: float(value)})``."""
+    label, _, rest = text.partition("=")
+    params = dict(item.split("=", 1) for item in rest.split(",") if item)
+    return label, {key: float(value) for key, value in params.items()}
+
+
 def radius_scan(case, mask, total, args) -> str:
     """Single-step TV with each SMV radius of ``--single-step-radii``: NRMSE % in its own
     core, in the core of the largest radius (the same voxels for all), and the fraction of
@@ -177,8 +187,11 @@ def radius_scan(case, mask, total, args) -> str:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--bfr", nargs="+", default=["vsharp", "sharp", "resharp", "ismv", "pdf", "lbv"])
+    p.add_argument("--bfr", nargs="*", default=["vsharp", "sharp", "resharp", "ismv", "pdf", "lbv"])
     p.add_argument("--inversion", nargs="+", default=["tkd", "tikhonov", "isqsm", "rts", "tv"])
+    p.add_argument("--single-step-config", action="append", default=[],
+                   metavar="LABEL=key=value[,key=value]",
+                   help="also run single-step TV with these parameters (floats)")
     p.add_argument("--large", action="store_true", help="add the three 1 mm subjects")
     p.add_argument("--single-step", action="store_true",
                    help="add single-step TV from the total field (scored on RESHARP's voxels)")
@@ -229,6 +242,17 @@ def main(argv=None):
             chi = reference_chi(chi, core)  # core: the data region, RESHARP's valid mask
             score = nrmse(chi, case["truth"], core & case["brain"])
             print(f"{name} | single-step-tv | {score:6.1f} ({dt:4.1f}){edge}", flush=True)
+        for label, params in map(parse_single_step_config, args.single_step_config):
+            if "lambda_factor" in params:  # times the default per-jump lambda of this case
+                params["regularization"] = params.pop("lambda_factor") * per_jump_regularization(
+                    case["vox"])
+            t0 = time.perf_counter()
+            chi, core = single_step_tv(hz_to_ppm(total, b0_tesla=case["b0"]), mask,
+                                       voxel_size_mm=case["vox"], b0_direction=case["b0_dir"],
+                                       **params)  # fmt: skip
+            dt = time.perf_counter() - t0
+            score = nrmse(reference_chi(chi, core), case["truth"], core & case["brain"])
+            print(f"{name} | single-step-tv {label} | {score:6.1f} ({dt:4.1f})", flush=True)
         if args.single_step_radii:
             scan = radius_scan(case, mask, total, args)
             print(f"{name} | single-step radii | {scan}", flush=True)

@@ -164,7 +164,8 @@ def _crop_and_erode(f, m, vox, r):
     fc, mc = f[box], m[box]
     eroded = erode_mask(mc, voxel_size_mm=vox, radius_mm=r)
     if not eroded.any():
-        raise ValueError(f"mask is too thin: eroding it by radius_mm={r} leaves nothing")
+        raise ValueError(f"mask is too thin: eroding it by radius_mm={r} leaves nothing; "
+                         f"use a smaller radius_mm (a few voxels, e.g. {4 * max(vox):.2g})")
     return box, fc, mc, eroded, fast_shape(fc.shape)
 
 
@@ -237,7 +238,8 @@ def _smv_deconvolve(f, m, vox, radii, threshold):
             deconv = 1.0 - s  # kernel of the largest radius that contributes
     if deconv is None:
         raise ValueError(
-            f"mask is too thin: eroding it by the smallest radius {radii[-1]} mm leaves nothing"
+            f"mask is too thin: eroding it by the smallest radius {radii[-1]} mm leaves nothing; "
+            f"use smaller radii (a few voxels, e.g. {4 * max(vox):.2g} mm)"
         )
     keep = np.abs(deconv) > threshold
     inv = np.where(keep, 1.0 / np.where(keep, deconv, 1.0), 0.0).astype(np.float32)

@@ -40,6 +40,8 @@ def _inversion_record(inversion: str, params: dict | None, voxel_size_mm) -> dic
     record = {**method_parameters("inversion", inversion), **(params or {})}
     if "regularization" in record and record["regularization"] is None and voxel_size_mm:
         record["regularization"] = float(f"{per_jump_regularization(voxel_size_mm):.4g}")
+    if inversion == "single-step-tv" and record.get("support_penalty") is None:
+        record["support_penalty"] = float(f"{100 * record['regularization']:.4g}")
     if inversion == "tv" and record.get("pad_factor") is None:  # set by the data term
         from qsmprep.algorithms.inversion.total_variation import default_pad_factor
 

@@ -120,6 +120,11 @@ def test_sidecar_records_the_per_jump_lambda_used(tmp_path):
     aniso = dataclasses.replace(_acq(tmp_path), voxel_size_mm=(2.0, 2.0, 3.0))
     assert recorded(aniso) == pytest.approx(2e-4 * 12 ** (1 / 3), rel=1e-3)
     assert recorded(aniso, inversion_params={"regularization": 5e-4}) == 5e-4
+    # single-step TV's support penalty defaults to 100 lambda, recorded as its value
+    wf = init_single_acquisition_wf(aniso, output_dir=str(tmp_path), bids_dir=str(tmp_path))
+    meta = wf.get_node("derivatives_wf").get_node("ds_chimap").inputs.metadata
+    assert meta["Parameters"]["inversion"]["support_penalty"] == pytest.approx(
+        100 * 2e-4 * 12 ** (1 / 3), rel=1e-3)
     # TV and nonlinear TV follow the same rule (two-step pipeline)
     for method in ("tv", "nltv"):
         assert recorded(aniso, inversion=method) == pytest.approx(2e-4 * 12 ** (1 / 3), rel=1e-3)

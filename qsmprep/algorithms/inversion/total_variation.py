@@ -61,6 +61,7 @@ def masked_tv_admm(
     max_iterations: int,
     rho: float | None = None,
     support: np.ndarray | None = None,
+    rho_support: float | None = None,
 ) -> np.ndarray:
     """ADMM for ``min_x 1/2 ||W (C D x - g)||^2 + lam ||grad x||_1``, ``x = 0`` outside ``S``.
 
@@ -73,7 +74,8 @@ def masked_tv_admm(
         X = (rho_1 C D F(a - u_1) + rho_2 F(grad^T (y - u_2)) + rho_3 F(s - u_3))
             / (rho_1 C^2 D^2 + rho_2 |G|^2 + rho_3)
 
-    with ``rho_2 = rho_3 = rho`` (default ``100 lam``). 4 FFTs per iteration (the two
+    with ``rho_2 = rho_3 = rho`` (default ``100 lam``; ``rho_support``, if given, sets
+    ``rho_3`` alone). 4 FFTs per iteration (the two
     image-space terms share one); at least 6 iterations, then stop when the relative change
     is below ``tol``. With ``S`` = the whole box the projection is the identity and the
     ``s`` split reduces to a proximal term ``rho_3 ||x - x_k||^2 / 2``: it does not move the
@@ -84,6 +86,8 @@ def masked_tv_admm(
     vox = p.voxel_size_mm
     inside = p.mask if support is None else support
     rho2 = rho3 = np.float32(100.0 * lam if rho is None else rho)
+    if rho_support is not None:
+        rho3 = np.float32(rho_support)
     rho1 = np.float32(rho1)
     inv_den = (1.0 / (rho1 * cd * cd + rho2 * p.grad_sq() + rho3)).astype(np.float32)
     data_weight = (rho1 * cd * inv_den).astype(np.float32)  # X = data_weight F(a - u1) + ...
