@@ -155,6 +155,14 @@ def erode_mask(mask: npt.ArrayLike, *, voxel_size_mm: Sequence[float], radius_mm
     return covered > 1.0 - 0.5 / int(ball.sum())
 
 
+def mask_too_thin(erosion: str, voxel_size_mm: Sequence[float], *, radius_name: str) -> ValueError:
+    """The error for a mask that an SMV erosion empties, with a radius to try instead (four
+    voxels: a small brain's, since the default radii are sized for a human head)."""
+    hint = f"{4 * max(voxel_size_mm):.2g}"
+    return ValueError(f"mask is too thin: eroding it by {erosion} leaves nothing; use a smaller "
+                      f"{radius_name} (a few voxels, e.g. {hint} mm)")  # fmt: skip
+
+
 def _crop_and_erode(f, m, vox, r):
     """Crop to the mask's bounding box (+ one radius) and erode by the SMV radius ``r`` (mm).
 
@@ -164,8 +172,7 @@ def _crop_and_erode(f, m, vox, r):
     fc, mc = f[box], m[box]
     eroded = erode_mask(mc, voxel_size_mm=vox, radius_mm=r)
     if not eroded.any():
-        raise ValueError(f"mask is too thin: eroding it by radius_mm={r} leaves nothing; "
-                         f"use a smaller radius_mm (a few voxels, e.g. {4 * max(vox):.2g})")
+        raise mask_too_thin(f"radius_mm={r}", vox, radius_name="radius_mm")
     return box, fc, mc, eroded, fast_shape(fc.shape)
 
 
@@ -237,10 +244,7 @@ def _smv_deconvolve(f, m, vox, radii, threshold):
         if deconv is None:
             deconv = 1.0 - s  # kernel of the largest radius that contributes
     if deconv is None:
-        raise ValueError(
-            f"mask is too thin: eroding it by the smallest radius {radii[-1]} mm leaves nothing; "
-            f"use smaller radii (a few voxels, e.g. {4 * max(vox):.2g} mm)"
-        )
+        raise mask_too_thin(f"the smallest radius {radii[-1]} mm", vox, radius_name="radii")
     keep = np.abs(deconv) > threshold
     inv = np.where(keep, 1.0 / np.where(keep, deconv, 1.0), 0.0).astype(np.float32)
     local = crop_to(irfftn(rfftn(pad_to(highpass, shape)) * inv, shape), fc.shape)

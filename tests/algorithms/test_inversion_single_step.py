@@ -112,7 +112,7 @@ def test_invalid_inputs():
     f = np.zeros(m.shape, np.float32)
     with pytest.raises(ValueError, match="radius_mm"):
         single_step_tv(f, m, voxel_size_mm=(1, 1, 1), radius_mm=0.5)
-    with pytest.raises(ValueError, match=r"too thin.*smaller radius_mm \(a few voxels, e.g. 4\)"):
+    with pytest.raises(ValueError, match=r"too thin.*smaller radius_mm \(a few voxels, e.g. 4 mm"):
         single_step_tv(f, m, voxel_size_mm=(1, 1, 1), radius_mm=6.0)
     with pytest.raises(ValueError, match="regularization"):
         single_step_tv(f, m, voxel_size_mm=(1, 1, 1), radius_mm=2.0, regularization=-1)

@@ -12,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from qsmprep.algorithms import fft as _fft
-from qsmprep.algorithms.background import erode_mask
+from qsmprep.algorithms.background import erode_mask, mask_too_thin
 from qsmprep.algorithms.inversion import _common
 from qsmprep.algorithms.inversion.total_variation import masked_tv_admm
 from qsmprep.algorithms.kernels import smv_kernel
@@ -127,8 +127,7 @@ def single_step_tv(
     radius = _common.check_number("radius_mm", radius_mm, low=max(vox) * (1 - 1e-6), low_open=False)
     data_mask = erode_mask(p.mask, voxel_size_mm=vox, radius_mm=radius).astype(np.float32)
     if not data_mask.any():
-        raise ValueError(f"mask is too thin: eroding it by radius_mm={radius} leaves nothing; "
-                         f"use a smaller radius_mm (a few voxels, e.g. {4 * max(vox):.2g})")
+        raise mask_too_thin(f"radius_mm={radius}", vox, radius_name="radius_mm")
     highpass = (1.0 - smv_kernel(p.shape, voxel_size_mm=vox, radius_mm=radius)).astype(np.float32)
     b = p.ifft(highpass * p.fft(p.field_ppm))  # C f
     x = masked_tv_admm(p, b, data_mask, highpass * p.kernel, lam=lam, rho1=rho1, tol=tol,
