@@ -36,14 +36,14 @@ def _inversion_record(inversion: str, params: dict | None, voxel_size_mm) -> dic
     that depends on the voxel size (TV's, nltv's and single-step TV's lambda) or on another
     parameter (TV's padding, single-step TV's support penalty), None in the signatures, is
     recorded as its value."""
-    from qsmprep.algorithms.inversion._common import per_jump_regularization
+    from qsmprep.algorithms.inversion._common import default_admm_penalty, per_jump_regularization
 
     record = {**method_parameters("inversion", inversion), **(params or {})}
     if "regularization" in record and record["regularization"] is None and voxel_size_mm:
         record["regularization"] = float(f"{per_jump_regularization(voxel_size_mm):.4g}")
     lam = record.get("regularization")
     if inversion == "single-step-tv" and record.get("support_penalty") is None and lam:
-        record["support_penalty"] = float(f"{100 * lam:.4g}")  # ADMM's rho_3 = 100 lambda
+        record["support_penalty"] = float(f"{default_admm_penalty(lam):.4g}")  # ADMM's rho_3
     if inversion == "tv" and record.get("pad_factor") is None:  # set by the data term
         from qsmprep.algorithms.inversion.total_variation import default_pad_factor
 

@@ -62,6 +62,12 @@ def per_jump_regularization(
     return float(weight) * h
 
 
+def default_admm_penalty(lam: float) -> float:
+    """ADMM penalty of a TV (or L1) split when none is given: ``100 lambda`` (FANSI's choice,
+    Milovic et al., MRM 2018, doi:10.1002/mrm.27073)."""
+    return 100.0 * float(lam)
+
+
 def check_number(
     name: str, value: float, *, low: float = 0.0, high: float = np.inf, low_open: bool = True
 ) -> float:

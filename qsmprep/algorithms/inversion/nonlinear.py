@@ -220,7 +220,7 @@ def nltv(
     if regularization is None:  # the same weight per jump between voxels at any resolution
         regularization = _common.per_jump_regularization(voxel_size_mm)
     lam = _common.check_number("regularization", regularization)
-    rho = 100.0 * lam if rho is None else _common.check_number("rho", rho)
+    rho = _common.default_admm_penalty(lam) if rho is None else _common.check_number("rho", rho)
     mu = _common.check_number("mu", mu)
     s = check_phase_scale(phase_scale_rad_per_ppm)
     tol = _common.check_number("tol", tol)

@@ -133,12 +133,13 @@ def star(
         pad_factor=pad_factor,
         workers=workers,
     )
-    chi_l, _ = _admm_l1(p, lam=lam1, rho=100.0 * lam1, tol=tol, max_iterations=max_iterations)
+    chi_l, _ = _admm_l1(p, lam=lam1, rho=_common.default_admm_penalty(lam1), tol=tol,
+                        max_iterations=max_iterations)  # fmt: skip
     rest = (p.field_ppm - p.ifft(p.fft(chi_l) * p.kernel)) * p.mask
     chi_s, _ = _admm_tv(
         dataclasses.replace(p, field_ppm=rest),
         lam=lam2,
-        rho=100.0 * lam2,
+        rho=_common.default_admm_penalty(lam2),
         tol=tol,
         max_iterations=max_iterations,
     )

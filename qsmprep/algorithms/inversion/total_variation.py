@@ -85,7 +85,7 @@ def masked_tv_admm(
     """
     vox = p.voxel_size_mm
     inside = p.mask if support is None else support
-    rho2 = rho3 = np.float32(100.0 * lam if rho is None else rho)
+    rho2 = rho3 = np.float32(_common.default_admm_penalty(lam) if rho is None else rho)
     if rho_support is not None:
         rho3 = np.float32(rho_support)
     rho1 = np.float32(rho1)
@@ -224,7 +224,7 @@ def tv(
     if regularization is None:  # the same weight per jump between voxels at any resolution
         regularization = _common.per_jump_regularization(voxel_size_mm)
     lam = _common.check_number("regularization", regularization)
-    rho = 100.0 * lam if rho is None else _common.check_number("rho", rho)
+    rho = _common.default_admm_penalty(lam) if rho is None else _common.check_number("rho", rho)
     tol = _common.check_number("tol", tol)
     max_iterations = _common.check_count("max_iterations", max_iterations)
     if pad_factor is None:
