@@ -48,6 +48,21 @@ def b0_direction_from_affine(affine: npt.ArrayLike) -> np.ndarray:
     return b / np.linalg.norm(b)
 
 
+#: Voxel axes further than this (degrees) from perpendicular are reported as sheared; float32
+#: scanner affines are within ~1e-5 degrees.
+MAX_AXIS_SKEW_DEG = 0.5
+
+
+def sheared_affine_note(skew_deg: float) -> str | None:
+    """One sentence on a sheared affine (``skew_deg`` from :func:`axis_skew_degrees`), or None
+    when the axes are perpendicular within :data:`MAX_AXIS_SKEW_DEG`."""
+    if skew_deg <= MAX_AXIS_SKEW_DEG:
+        return None
+    return (f"the affine is sheared: voxel axes {skew_deg:.1f} degrees from perpendicular, "
+            "which scanners do not write; the B0 direction read from it and the dipole model "
+            "(orthogonal axes) are approximate, so check how the file was made")  # fmt: skip
+
+
 def axis_skew_degrees(affine: npt.ArrayLike) -> float:
     """Largest departure (degrees) of an affine's voxel axes from perpendicular.
 

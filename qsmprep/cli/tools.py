@@ -406,14 +406,11 @@ def _voxel_size_mm(affine: np.ndarray) -> np.ndarray:
 
 def _note_skew(affine: np.ndarray, path: str) -> None:
     """A note on stderr when ``path``'s affine is sheared (see ``check_acquisition_advice``)."""
-    from qsmprep.algorithms.kernels import axis_skew_degrees
-    from qsmprep.interfaces.bids import MAX_AXIS_SKEW_DEG
+    from qsmprep.algorithms.kernels import axis_skew_degrees, sheared_affine_note
 
-    skew = axis_skew_degrees(affine)
-    if skew > MAX_AXIS_SKEW_DEG:
-        print(f"{PROG}: note: {path}: the affine is sheared (voxel axes {skew:.1f} degrees from "
-              "perpendicular); the B0 direction and the dipole model are approximate",
-              file=sys.stderr)  # fmt: skip
+    note = sheared_affine_note(axis_skew_degrees(affine))
+    if note:
+        print(f"{PROG}: note: {path}: {note}", file=sys.stderr)
 
 
 def b0_direction_voxel(affine: np.ndarray, b0_world=None) -> np.ndarray:

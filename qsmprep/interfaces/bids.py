@@ -37,9 +37,6 @@ __all__ = [
     "validate_dataset_layout",
 ]
 
-#: Voxel axes further than this (degrees) from perpendicular get a warning (float32 affines of
-#: scanner data are within ~1e-5 degrees).
-MAX_AXIS_SKEW_DEG = 0.5
 #: BIDS suffixes of the phase data qsmprep processes.
 SUFFIXES: tuple[str, ...] = ("MEGRE", "T2starw")
 #: Keys of a ``--bids-filter-file`` and the suffix each one filters.
@@ -671,12 +668,11 @@ def check_acquisition_advice(acq: Acquisition) -> list[str]:
             "the MEGRE phase image has no echo-<index> entity, which BIDS requires; "
             "read as a single echo"
         )
-    if acq.axis_skew_deg > MAX_AXIS_SKEW_DEG:
-        warnings.append(
-            f"the affine is sheared: voxel axes {acq.axis_skew_deg:.1f} degrees from "
-            "perpendicular, which no scanner writes; the B0 direction read from it and the "
-            "dipole model (orthogonal axes) are approximate, so check how the file was made"
-        )
+    from qsmprep.algorithms.kernels import sheared_affine_note
+
+    sheared = sheared_affine_note(acq.axis_skew_deg)
+    if sheared:
+        warnings.append(sheared)
     if acq.n_echoes < 3:
         warnings.append(
             f"{acq.n_echoes} echo(es); {_CONSENSUS} at least 3 echoes for a robust field estimate"
