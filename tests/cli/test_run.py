@@ -100,3 +100,33 @@ def test_local_runs_poll_fast_and_cluster_runs_keep_nipypes_default():
 
     assert execution_config("MultiProc")["poll_sleep_duration"] == LOCAL_POLL_SLEEP_S < 1
     assert "poll_sleep_duration" not in execution_config("SLURM")
+
+
+@pytest.mark.parametrize(
+    ("nprocs", "plugin", "poll"), [("2", "MultiProc", 0.1), ("1", "Linear", 2.0)]
+)
+def test_the_run_uses_the_execution_config_of_its_plugin(make_bids, tmp_path, monkeypatch,
+                                                         nprocs, plugin, poll):  # fmt: skip
+    """The workflow runs with the plugin chosen from --nprocs and, for MultiProc, the short
+    poll (the workflow itself is replaced: only the wiring is under test)."""
+    from nipype import config as ncfg
+
+    import qsmprep.workflows.base as base
+
+    seen = {}
+
+    class Recorder:
+        def list_node_names(self):
+            return []
+
+        def run(self, plugin, plugin_args):
+            seen["plugin"] = plugin
+            seen["poll"] = float(ncfg.get("execution", "poll_sleep_duration"))
+
+    monkeypatch.setattr(base, "init_qsmprep_wf", lambda *a, **k: Recorder())
+    ncfg.set("execution", "poll_sleep_duration", "2")  # Nipype's default, whatever ran before
+    root = make_bids()
+    main([str(root), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "work"),
+          "--no-regions", "--nprocs", nprocs])  # fmt: skip
+    assert seen["plugin"] == plugin
+    assert seen["poll"] == poll
