@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -246,3 +247,37 @@ def qsmprep_cache(tmp_path_factory):
     os.environ["QSMPREP_CACHE"] = str(path)
     yield path
     os.environ.pop("QSMPREP_CACHE", None)
+
+
+class _Collector(HTMLParser):
+    """Collects image sources, link targets and the open/close balance of the page."""
+
+    VOID = {"meta", "img", "br", "hr", "link", "input"}
+
+    def __init__(self):
+        super().__init__()
+        self.src, self.href, self.stack, self.text = [], [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.src.append(attrs["src"])
+        if tag == "a":
+            self.href.append(attrs["href"])
+        if tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        assert self.stack and self.stack[-1] == tag, (tag, self.stack[-3:])
+        self.stack.pop()
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def parse_report(path: Path) -> _Collector:
+    """Parse a report; every tag must close in order."""
+    collector = _Collector()
+    collector.feed(path.read_text(encoding="utf-8"))
+    assert collector.stack == []
+    return collector

@@ -17,6 +17,10 @@ def _fail(msg: str, code: int = 1) -> int:
     return code
 
 
+#: Outputs outside BIDS (logs, SWI, the reports and their figures), for ``.bidsignore``.
+BIDSIGNORE = ("**/log/", "logs/", "*_swi.nii.gz", "*_minIP.nii.gz", "**/figures/", "sub-*.html")
+
+
 def write_dataset_description(output_dir: Path) -> Path:
     """Write the derivative ``dataset_description.json`` (BIDS 1.10)."""
     from qsmprep.__about__ import __version__
@@ -33,8 +37,10 @@ def write_dataset_description(output_dir: Path) -> Path:
     path = output_dir / "dataset_description.json"
     path.write_text(json.dumps(desc, indent=2) + "\n")
     bidsignore = output_dir / ".bidsignore"
-    if not bidsignore.exists():
-        bidsignore.write_text("**/log/\nlogs/\n*_swi.nii.gz\n*_minIP.nii.gz\n")
+    existing = bidsignore.read_text().splitlines() if bidsignore.exists() else []
+    missing = [line for line in BIDSIGNORE if line not in existing]
+    if missing:  # add to a user's own file, never drop their lines
+        bidsignore.write_text("".join(f"{line}\n" for line in existing + missing))
     return path
 
 
@@ -120,11 +126,12 @@ def _plugin(settings) -> tuple[str, dict]:
 
 
 def collect(settings):
-    """Acquisitions per subject; a subject with bad input is reported, not fatal to others."""
+    """Acquisitions, and the error of each subject whose input was refused (by label); a
+    subject with bad input is reported, not fatal to others."""
     from qsmprep.interfaces.bids import BIDSInputError, collect_acquisitions, list_subjects
 
     subjects = list_subjects(settings.bids_dir, participant_label=settings.participant_label)
-    acquisitions, errors = [], []
+    acquisitions, errors = [], {}
     for sub in subjects:
         try:
             acquisitions.extend(collect_acquisitions(
@@ -132,7 +139,7 @@ def collect(settings):
                 bids_filter=_bids_filter(settings), b0_tesla=settings.b0_tesla,
             ))  # fmt: skip
         except BIDSInputError as exc:
-            errors.append(f"sub-{sub}: {exc}")
+            errors[sub] = str(exc)
     return acquisitions, errors
 
 
@@ -147,18 +154,24 @@ def _cleanup_failed(settings, acquisitions, regions=None) -> list[str]:
     the regional stage ran); return their names."""
     failed = []
     for acq in acquisitions:
-        anat = Path(settings.output_dir) / f"sub-{acq.subject}"
-        if acq.session:
-            anat = anat / f"ses-{acq.session}"
-        anat = anat / "anat"
+        anat = _anat_dir(Path(settings.output_dir), acq)
         expected = [f"{acq.name}_Chimap.nii.gz"]
         if regions and acq.magnitude_files:
             expected.append(f"{acq.name}_seg-{regions['atlas_name']}_desc-regions_stats.tsv")
         if not all((anat / name).exists() for name in expected):
             failed.append(acq.name)
-            for f in anat.glob(f"{acq.name}_*"):
+            figures = Path(settings.output_dir) / f"sub-{acq.subject}" / "figures"
+            for f in [*anat.glob(f"{acq.name}_*"), *figures.glob(f"{acq.name}_*")]:
                 f.unlink()
     return failed
+
+
+def _anat_dir(out: Path, acq) -> Path:
+    """``out/sub-X[/ses-Y]/anat``, where the acquisition's derivatives are written."""
+    anat = out / f"sub-{acq.subject}"
+    if acq.session:
+        anat = anat / f"ses-{acq.session}"
+    return anat / "anat"
 
 
 def _with_user_masks(mask_dir, acquisitions, errors: list) -> list:
@@ -209,9 +222,10 @@ def run_participant(settings) -> int:
     from qsmprep.interfaces.bids import BIDSInputError, check_acquisition_advice
 
     try:
-        acquisitions, errors = collect(settings)
+        acquisitions, refused = collect(settings)
     except BIDSInputError as exc:
         return _fail(str(exc))
+    errors = [f"sub-{sub}: {err}" for sub, err in refused.items()]
     for err in errors:
         print(f"qsmprep: error: {err}", file=sys.stderr)
     if not acquisitions:
@@ -269,37 +283,115 @@ def run_participant(settings) -> int:
         log_dir.mkdir(parents=True, exist_ok=True)
         settings.to_toml(log_dir / "qsmprep.toml")
     workflow = init_qsmprep_wf(settings, acquisitions, work_dir=work_dir, regions=regions)
-    _write_citation(workflow, out)
+    methods = _write_citation(workflow, out)
     try:
         workflow.run(plugin=plugin, plugin_args=plugin_args)
     except Exception as exc:  # nipype raises RuntimeError listing crashed nodes
         LOGGER.debug("nipype reported crashed nodes: %s", exc)
-    failed = _cleanup_failed(settings, acquisitions, regions)
-    for name in failed:
+    failed = {}
+    for name in _cleanup_failed(settings, acquisitions, regions):
         log_dir = out / name.split("_")[0] / "log"
-        print(f"qsmprep: error: {name} failed: {_crash_reason(log_dir)} "
-              f"(crash files in {log_dir})", file=sys.stderr)  # fmt: skip
+        failed[name] = f"{_crash_reason(log_dir)} (crash files in {log_dir})"
+        print(f"qsmprep: error: {name} failed: {failed[name]}", file=sys.stderr)
+    reports = _write_reports(settings, acquisitions, failed, methods, refused=refused)
     done = len(acquisitions) - len(failed)
-    print(f"qsmprep: {done}/{len(acquisitions)} acquisition(s) finished; outputs in {out}")
+    print(f"qsmprep: {done}/{len(acquisitions)} acquisition(s) finished; outputs in {out}"
+          + (f"; reports: {', '.join(p.name for p in reports)}" if reports else ""))
     return 1 if (failed or errors) else 0
 
 
-def _write_citation(workflow, out: Path) -> None:
-    """Assemble the methods text from the ``__desc__`` of the sub-workflows that run."""
-    seen: list[str] = []
+def _descriptions(workflow) -> dict[str, list[str]]:
+    """The ``__desc__`` texts of the sub-workflows that run, by top-level sub-workflow (one per
+    acquisition), in node order."""
+    by_top: dict[str, list[str]] = {}
     for name in workflow.list_node_names():
         parts = name.split(".")
+        seen = by_top.setdefault(parts[0], [])
         for i in range(1, len(parts)):
-            sub = workflow.get_node(".".join(parts[:i]))
-            desc = getattr(sub, "__desc__", None)
+            desc = getattr(workflow.get_node(".".join(parts[:i])), "__desc__", None)
             if desc and desc not in seen:
                 seen.append(desc)
+    return by_top
+
+
+def _write_citation(workflow, out: Path) -> dict[str, str]:
+    """Assemble the run's methods text from the ``__desc__`` of the sub-workflows that run;
+    return each acquisition sub-workflow's own text, by its name."""
+    by_top = _descriptions(workflow)
+    seen: list[str] = []
+    for descs in by_top.values():
+        seen += [d for d in descs if d not in seen]
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     from qsmprep.__about__ import __version__
 
     text = f"Results were generated with qsmprep {__version__}.\n\n" + "\n\n".join(seen) + "\n"
     (logs / "CITATION.md").write_text(text)
+    return {top: "\n\n".join(descs) for top, descs in by_top.items()}
+
+
+def _acquisition_summary(acq, settings, metadata: dict) -> list[tuple[str, str]]:
+    """The report's "input and processing" rows of one acquisition."""
+    rows = [
+        ("data", f"{acq.suffix}, {acq.n_echoes} echo(es), "
+                 + ("phase + magnitude" if acq.magnitude_files else "phase only")),
+        ("echo times (ms)", ", ".join(f"{t * 1e3:.2f}" for t in acq.echo_times_s)),
+        ("field strength (T)", f"{acq.b0_tesla:g}"
+                               + (" (from --b0-tesla)" if acq.b0_from_cli else " (sidecar)")),
+        ("phase units (sidecar)", acq.phase_units or "not given (range detected)"),
+        ("phase sign", f"{settings.phase_sign:+d}"),
+    ]  # fmt: skip
+    if acq.t1w_file and settings.use_t1w and settings.regions:
+        rows.append(("T1w (registration intermediate)", Path(acq.t1w_file).name))
+    if metadata.get("EstimationAlgorithm"):
+        rows.append(("stages", metadata["EstimationAlgorithm"]))
+    if metadata.get("ReferenceRegion"):
+        rows.append(("susceptibility reference", metadata["ReferenceRegion"]))
+    return rows
+
+
+def _write_reports(settings, acquisitions, failed: dict[str, str], methods: dict[str, str],
+                   refused: dict[str, str] | None = None) -> list[Path]:  # fmt: skip
+    """One HTML report per subject (:mod:`qsmprep.reports.html`), also for a subject whose
+    input was refused (``refused``: label -> error); a report that cannot be drawn is a
+    warning, never a failed run."""
+    from qsmprep.__about__ import __version__
+    from qsmprep.interfaces.bids import check_acquisition_advice
+    from qsmprep.reports.html import AcquisitionSection, write_subject_report
+    from qsmprep.reports.qc import acquisition_qc, find_derivatives
+    from qsmprep.workflows.base import _node_name
+
+    out = Path(settings.output_dir)
+    written = []
+    refused = refused or {}
+    for subject in sorted({a.subject for a in acquisitions} | set(refused)):
+        sections = []
+        if subject in refused:
+            sections.append(AcquisitionSection(name=f"sub-{subject}", error=refused[subject]))
+        for acq in (a for a in acquisitions if a.subject == subject):
+            section = AcquisitionSection(name=acq.name, warnings=check_acquisition_advice(acq),
+                                         methods=methods.get(_node_name(acq), ""))  # fmt: skip
+            metadata: dict = {}
+            if acq.name in failed:
+                section.error = failed[acq.name]
+            else:
+                files = find_derivatives(_anat_dir(out, acq), acq.name)
+                try:
+                    section.qc = acquisition_qc(
+                        files, fig_dir=out / f"sub-{subject}" / "figures", name=acq.name,
+                        magnitude_file=acq.magnitude_files[0] if acq.magnitude_files else None,
+                    )  # fmt: skip
+                    metadata = section.qc.metadata
+                except Exception as exc:  # QC must never fail a finished acquisition
+                    LOGGER.warning("%s: QC figures could not be drawn: %s", acq.name, exc)
+                    section.warnings.append(f"QC figures could not be drawn: {exc}")
+            section.summary = _acquisition_summary(acq, settings, metadata)
+            sections.append(section)
+        try:
+            written.append(write_subject_report(out, subject, sections, version=__version__))
+        except OSError as exc:
+            LOGGER.warning("sub-%s: the HTML report could not be written: %s", subject, exc)
+    return written
 
 
 def run_group_level(settings) -> int:

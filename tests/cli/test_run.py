@@ -130,3 +130,15 @@ def test_the_run_uses_the_execution_config_of_its_plugin(make_bids, tmp_path, mo
           "--no-regions", "--nprocs", nprocs])  # fmt: skip
     assert seen["plugin"] == plugin
     assert seen["poll"] == poll
+
+
+def test_bidsignore_keeps_the_users_lines_and_adds_ours_once(tmp_path):
+    from qsmprep.cli.run import BIDSIGNORE, write_dataset_description
+
+    (tmp_path / ".bidsignore").write_text("extra/\n**/log/\n")
+    write_dataset_description(tmp_path)
+    write_dataset_description(tmp_path)  # a second run adds nothing
+    lines = (tmp_path / ".bidsignore").read_text().splitlines()
+    assert lines[:2] == ["extra/", "**/log/"]
+    assert sorted(lines) == sorted({"extra/", *BIDSIGNORE})  # the report and its figures too
+    assert {"sub-*.html", "**/figures/"} <= set(lines)

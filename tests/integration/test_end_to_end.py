@@ -16,6 +16,7 @@ from pathlib import Path
 import nibabel as nb
 import numpy as np
 import pytest
+from conftest import parse_report
 
 from qsmprep.algorithms.metrics import nrmse
 from qsmprep.cli.run import main
@@ -26,6 +27,8 @@ EXPECTED = [
     "dataset_description.json",
     "logs/CITATION.md",
     "sub-{s}/log/qsmprep.toml",
+    "sub-{s}.html",
+    "sub-{s}/figures/sub-{s}_desc-chimap_qc.png",
     "sub-{s}/anat/sub-{s}_Chimap.nii.gz",
     "sub-{s}/anat/sub-{s}_Chimap.json",
     "sub-{s}/anat/sub-{s}_desc-brain_mask.nii.gz",
@@ -73,6 +76,9 @@ def test_example_outputs_on_input_grid_and_accurate(example_run, sub):
     assert rc == 0
     for rel in EXPECTED:
         assert (out / rel.format(s=sub)).exists(), rel
+    report = parse_report(out / f"sub-{sub}.html")
+    assert len(report.src) == 6 and all((out / src).exists() for src in report.src)
+    assert all((out / href).exists() for href in report.href if not href.startswith("#"))
     chi, aff = _load(out / f"sub-{sub}/anat/sub-{sub}_Chimap.nii.gz")
     raw = nb.load(str(next(EXAMPLE.glob(f"sub-{sub}/anat/*echo-1_part-phase_MEGRE.nii.gz"))))
     assert chi.shape == raw.shape and np.allclose(aff, raw.affine)
@@ -197,7 +203,11 @@ def test_failed_subject_does_not_stop_others(tmp_path):
                "--no-regions"])
     assert rc != 0
     assert (out / "sub-01/anat/sub-01_Chimap.nii.gz").exists()
-    assert not list(out.glob("sub-02/anat/*"))
+    assert not list(out.glob("sub-02/anat/*")) and not list(out.glob("sub-02/figures/*"))
+    # the refused subject's report says why, in the words printed on the terminal
+    text = " ".join(parse_report(out / "sub-02.html").text)
+    assert "Failed:" in text and "magnitude" in text
+    assert "1 of 1" not in text and "0 of 1 acquisition(s) finished" in text
 
 
 @pytest.mark.slow
