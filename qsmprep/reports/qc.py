@@ -50,6 +50,7 @@ DERIVATIVES = {
     "total_field": "desc-total_fieldmap.nii.gz",
     "local_field": "desc-local_fieldmap.nii.gz",
     "r2star": "R2starmap.nii.gz",
+    "minip": "minIP.nii.gz",
 }
 
 
@@ -115,8 +116,9 @@ def cut_coords(mask: np.ndarray, affine: np.ndarray, n_cuts: int = N_CUTS) -> di
 
 
 def slices_figure(img, *, cuts, title, cmap="gray", vmin=None, vmax=None, contours=(),
-                  roi=None, colorbar=True):  # fmt: skip
-    """Axial, coronal and sagittal rows of ``img`` at ``cuts`` (:func:`cut_coords`).
+                  roi=None, colorbar=True, modes="zyx"):  # fmt: skip
+    """Axial, coronal and sagittal rows (``modes``: nilearn's z, y, x) of ``img`` at ``cuts``
+    (:func:`cut_coords`).
 
     ``contours`` is a sequence of (mask image, colour) outlined on every slice; ``roi`` a label
     image (0: none) drawn over the map in colours. Values below ``vmin`` are black, and slices
@@ -129,10 +131,10 @@ def slices_figure(img, *, cuts, title, cmap="gray", vmin=None, vmax=None, contou
     from nilearn import plotting
 
     cmap = matplotlib.colormaps[cmap].with_extremes(under="black")
-    fig = MplFigure(figsize=(11, 5.4), facecolor="black")
+    fig = MplFigure(figsize=(11, 1.8 * len(modes)), facecolor="black")
     FigureCanvasAgg(fig)
-    for row, mode in enumerate("zyx"):
-        ax = fig.add_axes((0.0, 1.0 - (row + 1) / 3.0, 1.0, 1.0 / 3.0))
+    for row, mode in enumerate(modes):
+        ax = fig.add_axes((0.0, 1.0 - (row + 1) / len(modes), 1.0, 1.0 / len(modes)))
         with warnings.catch_warnings():  # oblique affines: nilearn resamples and says so
             warnings.simplefilter("ignore")
             display = plotting.plot_img(
@@ -289,6 +291,15 @@ def acquisition_qc(files: dict[str, Path], *, magnitude_file: str | None, fig_di
              "bright; a bright rim at the sinuses is expected.", vmin=0.0, vmax=top)  # fmt: skip
         qc.numbers.append(("R2* median in the brain mask (1/s)",
                            _fmt(float(np.median(data[brain])))))  # fmt: skip
+    if "minip" in files:
+        img, data = _load(files["minip"])
+        top = float(np.percentile(data[brain], 99)) if brain.any() else 1.0
+        slab_axis = "xyz"[int(np.argmax(np.abs(img.affine[:3, 2])))]  # nearest to voxel k
+        draw(_masked_image(img, data, brain), "minip", "SWI minimum-intensity projection",
+             "Minimum-intensity projection of the SWI over 16 mm slabs along the third voxel "
+             "axis, shown across that axis: veins are dark lines; dark patches away from "
+             "veins and the sinuses point to signal loss.", vmin=0.0, vmax=top,
+             modes=slab_axis)  # fmt: skip
     if "dseg" in files:
         dseg_img, dseg = _load(files["dseg"])
         draw(chi_shown, "dseg", "Atlas labels in native space",

@@ -77,7 +77,7 @@ def test_example_outputs_on_input_grid_and_accurate(example_run, sub):
     for rel in EXPECTED:
         assert (out / rel.format(s=sub)).exists(), rel
     report = parse_report(out / f"sub-{sub}.html")
-    assert len(report.src) == 6 and all((out / src).exists() for src in report.src)
+    assert len(report.src) == 7 and all((out / src).exists() for src in report.src)
     assert all((out / href).exists() for href in report.href if not href.startswith("#"))
     chi, aff = _load(out / f"sub-{sub}/anat/sub-{sub}_Chimap.nii.gz")
     raw = nb.load(str(next(EXAMPLE.glob(f"sub-{sub}/anat/*echo-1_part-phase_MEGRE.nii.gz"))))

@@ -43,7 +43,7 @@ def derivatives(tmp_path):
     anat.mkdir(parents=True)
     maps = {"Chimap": chi, "desc-brain_mask": brain, "desc-qsm_mask": qsm_mask,
             "desc-total_fieldmap": field, "desc-local_fieldmap": 0.1 * field * qsm_mask,
-            "R2starmap": 30.0 * brain}  # fmt: skip
+            "R2starmap": 30.0 * brain, "minIP": magnitude}  # fmt: skip
     for key, data in maps.items():
         nb.save(nb.Nifti1Image(np.asarray(data, dtype=np.float32), affine),
                 str(anat / f"sub-01_{key}.nii.gz"))  # fmt: skip
@@ -55,7 +55,7 @@ def derivatives(tmp_path):
 def test_numbers_and_figures_of_a_finished_acquisition(derivatives, tmp_path):
     files = qc.find_derivatives(derivatives["anat"], "sub-01")
     assert set(files) == {"chimap", "brain_mask", "qsm_mask", "total_field", "local_field",
-                          "r2star"}  # fmt: skip
+                          "r2star", "minip"}  # fmt: skip
     result = qc.acquisition_qc(files, magnitude_file=derivatives["mag"],
                                fig_dir=tmp_path / "figures", name="sub-01")  # fmt: skip
     numbers = dict(result.numbers)
@@ -76,8 +76,8 @@ def test_numbers_and_figures_of_a_finished_acquisition(derivatives, tmp_path):
         100 * 27 / n_qsm, abs=0.01)  # fmt: skip
     assert numbers["R2* median in the brain mask (1/s)"] == "30"
     descs = [f.path.name for f in result.figures]
-    assert descs == [f"sub-01_desc-{d}_qc.png" for d in
-                     ("masks", "totalfield", "localfield", "chimap", "r2star")]  # fmt: skip
+    expected = ("masks", "totalfield", "localfield", "chimap", "r2star", "minip")
+    assert descs == [f"sub-01_desc-{d}_qc.png" for d in expected]
     for fig in result.figures:
         assert fig.path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and fig.caption
 
