@@ -141,6 +141,9 @@ class Settings:
         Multiply the input phase by this sign (-1 for vendors whose phase sign is flipped).
     dry_run : bool
         Build the workflow but do not run it.
+    reports_only : bool
+        Write each subject's HTML report from the derivatives already in ``output_dir``,
+        without running the workflow.
     verbose : int
         Verbosity (count of ``-v``).
     seed : int
@@ -182,6 +185,7 @@ class Settings:
     b0_tesla: float | None = None
     phase_sign: int = 1
     dry_run: bool = False
+    reports_only: bool = False
     verbose: int = 0
     seed: int = 0
     masking: str = "magnitude"

@@ -414,6 +414,13 @@ def _add_other_options(parser: argparse.ArgumentParser) -> None:
         help="check the inputs and build the workflow without running it",
     )
     group.add_argument(
+        "--reports-only",
+        dest="reports_only",
+        action=argparse.BooleanOptionalAction,
+        help="write each subject's HTML report (OUTPUT_DIR/sub-<label>.html) from the "
+        "derivatives already in OUTPUT_DIR, without running anything",
+    )
+    group.add_argument(
         "--seed",
         dest="seed",
         type=_nonnegative_int,

@@ -260,6 +260,8 @@ def run_participant(settings) -> int:
     if settings.dry_run:
         print(describe_plan(settings, acquisitions))
         return 1 if errors else 0
+    if settings.reports_only:
+        return _reports_only(settings, acquisitions, refused, regions)
 
     from nipype import config as ncfg
 
@@ -328,6 +330,30 @@ def _write_citation(workflow, out: Path) -> dict[str, str]:
     text = f"Results were generated with qsmprep {__version__}.\n\n" + "\n\n".join(seen) + "\n"
     (logs / "CITATION.md").write_text(text)
     return {top: "\n\n".join(descs) for top, descs in by_top.items()}
+
+
+def _reports_only(settings, acquisitions, refused: dict[str, str], regions) -> int:
+    """``--reports-only``: the reports from the derivatives on disk; nothing runs or is
+    removed. An acquisition without a Chimap is reported as not processed."""
+    from qsmprep.workflows.base import init_qsmprep_wf
+
+    out = Path(settings.output_dir)
+    if not out.is_dir():
+        return _fail(f"--reports-only: {out} does not exist; run the participant level first")
+    workflow = init_qsmprep_wf(settings, acquisitions, regions=regions,
+                               work_dir=settings.work_dir or (out.parent / "work"))  # fmt: skip
+    methods = {top: "\n\n".join(descs) for top, descs in _descriptions(workflow).items()}
+    missing = {}
+    for acq in acquisitions:
+        chimap = _anat_dir(out, acq) / f"{acq.name}_Chimap.nii.gz"
+        if not chimap.exists():
+            missing[acq.name] = (f"{chimap} not found: run the participant level without "
+                                 "--reports-only first")  # fmt: skip
+            print(f"qsmprep: error: {acq.name}: {missing[acq.name]}", file=sys.stderr)
+    reports = _write_reports(settings, acquisitions, missing, methods, refused=refused)
+    if reports:
+        print(f"qsmprep: reports written: {', '.join(str(p) for p in reports)}")
+    return 1 if (missing or refused) else 0
 
 
 def _acquisition_summary(acq, settings, metadata: dict) -> list[tuple[str, str]]:

@@ -142,3 +142,38 @@ def test_bidsignore_keeps_the_users_lines_and_adds_ours_once(tmp_path):
     assert lines[:2] == ["extra/", "**/log/"]
     assert sorted(lines) == sorted({"extra/", *BIDSIGNORE})  # the report and its figures too
     assert {"sub-*.html", "**/figures/"} <= set(lines)
+
+
+def test_reports_only_redraws_reports_without_running(make_bids, tmp_path, capsys):
+    """--reports-only reads the derivatives on disk: a finished acquisition gets its figures,
+    one without a Chimap is reported as not processed (non-zero exit), nothing is removed,
+    and no work folder is made."""
+    import nibabel as nb
+    import numpy as np
+
+    bids = make_bids(subjects=("01", "02"))
+    out = tmp_path / "out"
+    anat = out / "sub-01" / "anat"
+    anat.mkdir(parents=True)
+    raw = nb.load(str(next((bids / "sub-01" / "anat").glob("*echo-1_part-phase*.nii*"))))
+    brain = np.zeros(raw.shape[:3], np.float32)
+    brain[tuple(slice(n // 4, n - n // 4) for n in brain.shape)] = 1
+    for tail, data in (("Chimap", 0.05 * brain), ("desc-brain_mask", brain),
+                       ("desc-total_fieldmap", 10 * brain)):  # fmt: skip
+        nb.save(nb.Nifti1Image(data, raw.affine), str(anat / f"sub-01_{tail}.nii.gz"))
+    (out / "sub-02" / "anat").mkdir(parents=True)
+    kept = out / "sub-02" / "anat" / "sub-02_desc-brain_mask.nii.gz"
+    kept.touch()  # an incomplete acquisition: --reports-only must not clean it up
+    rc = main([str(bids), str(out), "participant", "--reports-only", "--no-regions",
+               "-w", str(tmp_path / "work")])  # fmt: skip
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "sub-02" in err and "Chimap.nii.gz not found" in err and "sub-01" not in err
+    assert kept.exists() and not (tmp_path / "work").exists()
+    assert sorted(p.name for p in (out / "sub-01" / "figures").iterdir()) == [
+        "sub-01_desc-chimap_qc.png", "sub-01_desc-masks_qc.png",
+        "sub-01_desc-totalfield_qc.png"]  # fmt: skip
+    assert "Methods" in (out / "sub-01.html").read_text()
+    assert "Failed:" in (out / "sub-02.html").read_text()
+    rc = main([str(bids), str(tmp_path / "none"), "participant", "--reports-only"])
+    assert rc == 1 and "does not exist" in capsys.readouterr().err
