@@ -11,7 +11,11 @@ The participant level writes one table of regional statistics per acquisition::
 - ``regions_wide.tsv``: one row per subject/session/acquisition/run/atlas, one column per
   ``region[_hemisphere]`` holding ``mean_ppm``;
 - a JSON sidecar per table describing its columns and units;
-- ``figures/``: per region a box + strip plot of ``mean_ppm`` (PNG and SVG).
+- ``regions_outliers.tsv``: the regional values far from the cohort (modified z-score),
+  with a sidecar;
+- ``figures/``: per region a box + strip plot of ``mean_ppm`` (PNG and SVG);
+- ``report.html``: the cohort at a glance (acquisitions, outliers, figures, links to each
+  subject's report).
 
 Reading and reshaping are plain pandas functions so that they can be used from a notebook too.
 """
@@ -279,6 +283,58 @@ def wide_table(df: pd.DataFrame, value: str = "mean_ppm") -> pd.DataFrame:
     return wide
 
 
+#: Modified z-score above which a regional value is flagged (Iglewicz & Hoaglin 1993).
+OUTLIER_Z = 3.5
+#: Fewest acquisitions per region for outlier flags (a median and MAD need a cohort).
+OUTLIER_MIN_N = 5
+
+OUTLIER_COLUMNS = {
+    "cohort_median": {"Description": "Median of the value over the cohort's acquisitions, for "
+                      "this atlas region and hemisphere", "Units": "ppm"},
+    "modified_z": {"Description": "Modified z-score 0.6745 (value - cohort median) / MAD, MAD "
+                   "the median absolute deviation over the cohort (Iglewicz & Hoaglin 1993); "
+                   f"rows with |z| > {OUTLIER_Z} are listed"},
+}  # fmt: skip
+
+
+def flag_outliers(df: pd.DataFrame, value: str = "mean_ppm", *, threshold: float = OUTLIER_Z,
+                  min_n: int = OUTLIER_MIN_N) -> pd.DataFrame:  # fmt: skip
+    """Regional values far from the cohort, by the modified z-score.
+
+    For each atlas region (and hemisphere) seen in at least ``min_n`` acquisitions,
+    ``z = 0.6745 (x - median) / MAD`` with MAD the median absolute deviation from the median;
+    rows with ``|z| > threshold`` are returned (Iglewicz & Hoaglin, How to Detect and Handle
+    Outliers, ASQC 1993). The median and MAD ignore the outliers' pull, so one failed
+    acquisition (a streaked Chimap, a misregistered atlas) stands out in a cohort. A region
+    whose values are all equal (MAD 0) is not flagged.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The entity columns, ``region``, ``hemisphere``, ``value``, ``cohort_median`` and
+        ``modified_z``, largest ``|z|`` first; empty when nothing is flagged.
+    """
+    keys = [c for c in ENTITY_COLUMNS if c in df.columns and c != "atlas"]
+    columns = [*keys, "atlas", "region", "hemisphere", value, "cohort_median", "modified_z"]
+    flagged = []
+    for _, rows in df.groupby(["atlas", "region", "hemisphere"], sort=False, dropna=False):
+        x = rows[value].astype(float)
+        if x.notna().sum() < min_n:
+            continue
+        median = x.median()
+        mad = (x - median).abs().median()
+        if not mad > 0:
+            continue
+        z = 0.6745 * (x - median) / mad
+        hits = rows.loc[z.abs() > threshold].copy()
+        hits["cohort_median"], hits["modified_z"] = median, z[z.abs() > threshold]
+        flagged.append(hits)
+    if not flagged:
+        return pd.DataFrame(columns=columns)
+    out = pd.concat(flagged)[columns]
+    return out.iloc[out["modified_z"].abs().argsort()[::-1]].reset_index(drop=True)
+
+
 def _sidecar_columns(paths: list[Path]) -> dict:
     """Column descriptions found in the per-acquisition sidecars (``{column: {...}}`` entries)."""
     found = {}
@@ -346,8 +402,9 @@ def run_group(bids_dir, output_dir, *, value: str = "mean_ppm") -> dict:
     Returns
     -------
     dict
-        Paths written: ``long``, ``long_sidecar``, ``wide``, ``wide_sidecar`` and ``figures``
-        (a list of PNG and SVG files).
+        Paths written: ``long``, ``long_sidecar``, ``wide``, ``wide_sidecar``, ``outliers``,
+        ``outliers_sidecar``, ``report`` and ``figures`` (a list of PNG and SVG files); and
+        ``n_outliers``, the number of rows of the outlier table.
 
     Raises
     ------
@@ -377,10 +434,22 @@ def run_group(bids_dir, output_dir, *, value: str = "mean_ppm") -> dict:
     figures = plot_region_distributions(
         long, group_dir / "figures", value=value, group_column=group_column
     )
+    outliers = flag_outliers(collected, value=value)
+    outliers_path, outliers_sidecar = _write_tsv(
+        outliers, group_dir / "regions_outliers.tsv",
+        {**describe_long(outliers.columns, known=known), **OUTLIER_COLUMNS},
+    )  # fmt: skip
+    from .reports.html import write_group_report
+
+    report = write_group_report(output_dir, collected, outliers, figures, value=value)
     return {
         "long": long_path,
         "long_sidecar": long_sidecar,
         "wide": wide_path,
         "wide_sidecar": wide_sidecar,
+        "outliers": outliers_path,
+        "outliers_sidecar": outliers_sidecar,
+        "n_outliers": len(outliers),
         "figures": figures,
+        "report": report,
     }

@@ -185,3 +185,55 @@ def test_no_tables_is_file_not_found(tmp_path):
         run_group(tmp_path, tmp_path)
     assert str(tmp_path) in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "group").exists()
+
+
+def _cohort(values, region=("putamen", "L"), atlas="deepgrey"):
+    """A long table: one acquisition per value (sub-01, sub-02, ...)."""
+    return pd.DataFrame({"participant_id": [f"sub-{i + 1:02d}" for i in range(len(values))],
+                         "atlas": atlas, "region": region[0], "hemisphere": region[1],
+                         "mean_ppm": values})  # fmt: skip
+
+
+def test_flag_outliers_by_modified_z_score():
+    from qsmprep.group import flag_outliers
+
+    typical = [0.050, 0.052, 0.048, 0.051, 0.049, 0.053, 0.047]
+    flagged = flag_outliers(pd.concat([
+        _cohort([*typical, 0.300]),  # a streaked or misregistered acquisition
+        _cohort([0.02] * 8, region=("caudate", "L")),  # MAD 0: nothing to compare with
+        _cohort([0.1, 0.1, 0.1, 0.9], region=("thalamus", "R")),  # too few acquisitions
+    ]))  # fmt: skip
+    assert flagged["participant_id"].tolist() == ["sub-08"]
+    row = flagged.iloc[0]
+    assert row["region"] == "putamen" and row["cohort_median"] == pytest.approx(0.0505)
+    # deviations from 0.0505: 0.5, 0.5, 1.5, 1.5, 2.5, 2.5, 3.5, 249.5 ppb: MAD 2 ppb
+    assert row["modified_z"] == pytest.approx(0.6745 * 0.2495 / 0.002, rel=1e-6)
+    # on either side of the threshold (same median and MAD): z = 2.53 stays, z = 3.88 goes
+    assert flag_outliers(_cohort([*typical, 0.058])).empty
+    assert flag_outliers(_cohort([*typical, 0.062]))["participant_id"].tolist() == ["sub-08"]
+
+
+def test_group_report_lists_outliers_and_links_subject_reports(tmp_path):
+    bids, out = tmp_path / "bids", tmp_path / "out"
+    bids.mkdir()
+    regions = [("whole_brain", "n/a"), ("putamen", "L")]
+    for index in range(6):
+        _write_table(out, f"sub-{index:02d}/anat", f"sub-{index:02d}", "deepgrey",
+                     index=index, regions=regions)  # fmt: skip
+    table = out / "sub-05/anat/sub-05_seg-deepgrey_desc-regions_stats.tsv"
+    rows = pd.read_csv(table, sep="\t")
+    rows.loc[rows["region"] == "putamen", "mean_ppm"] = 0.5  # the others: 0.001-0.051
+    rows.to_csv(table, sep="\t", index=False)
+    (out / "sub-00.html").write_text("<html></html>")  # a participant-level report
+    written = run_group(bids, out)
+    outliers = pd.read_csv(written["outliers"], sep="\t")
+    assert outliers["participant_id"].tolist() == ["sub-05"]
+    assert json.loads(written["outliers_sidecar"].read_text())["modified_z"]["Description"]
+    assert written["report"] == out / "group" / "report.html"
+    from conftest import parse_report
+
+    page = parse_report(written["report"])
+    text = " ".join(page.text)
+    assert "6 acquisition(s) of 6 participant(s)" in text and "0.5000" in text
+    assert page.href == ["../sub-00.html"]  # only reports that exist are linked
+    assert all((out / "group" / src).exists() for src in page.src) and len(page.src) == 2

@@ -429,7 +429,8 @@ def run_group_level(settings) -> int:
     except (FileNotFoundError, ValueError) as exc:
         return _fail(str(exc).splitlines()[0])
     print(f"qsmprep: group tables in {Path(written['long']).parent} "
-          f"({len(written['figures'])} figure files)")  # fmt: skip
+          f"({len(written['figures'])} figure files, {written['n_outliers']} "
+          f"outlier(s)); report: {written['report']}")  # fmt: skip
     return 0
 
 

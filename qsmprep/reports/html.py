@@ -68,15 +68,7 @@ def _regions_table(path: Path) -> str:
     table = pd.read_csv(path, sep="\t", na_values="n/a", keep_default_na=False)
     columns = [c for c in ("region", "hemisphere", "n_voxels", "mean_ppm", "median_ppm",
                            "std_ppm", "core_mean_ppm") if c in table]  # fmt: skip
-    rows = []
-    for _, row in table[columns].iterrows():
-        cells = []
-        for column in columns:
-            value = row[column]
-            if isinstance(value, float):
-                value = "n/a" if value != value else f"{round(value, 4) + 0.0:.4f}"
-            cells.append(value)
-        rows.append(cells)
+    rows = [[_cell(v) for v in row] for row in table[columns].itertuples(index=False)]
     return _table(rows, header=columns)
 
 
@@ -136,9 +128,88 @@ def write_subject_report(output_dir, subject: str, sections: list[AcquisitionSec
         f"files, if any, in <code>sub-{_e(subject)}/log/</code>.</p>",
         f"<p>{nav}</p>",
     ] + [_section(s, out) for s in sections]  # fmt: skip
-    page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>qsmprep: sub-{_e(subject)}</title><style>{_STYLE}</style></head><body>\n"
-            + "\n".join(body) + "\n</body></html>\n")  # fmt: skip
     path = out / f"sub-{subject}.html"
-    path.write_text(page, encoding="utf-8")
+    path.write_text(_page(f"qsmprep: sub-{subject}", body), encoding="utf-8")
+    return path
+
+
+def _page(title: str, body: list[str]) -> str:
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{_e(title)}</title><style>{_STYLE}</style></head><body>\n"
+            + "\n".join(body) + "\n</body></html>\n")  # fmt: skip
+
+
+def _cell(value) -> str:
+    """A table cell: n/a for a missing value (None, NaN, pandas.NA), ppm to 0.1 ppb."""
+    import pandas as pd
+
+    if pd.isna(value):
+        return "n/a"
+    if isinstance(value, float):
+        return f"{round(value, 4) + 0.0:.4f}"
+    return str(value)
+
+
+def write_group_report(output_dir, long, outliers, figures, *, value: str = "mean_ppm") -> Path:
+    """Write ``<output_dir>/group/report.html``: the acquisitions (whole-brain numbers, outlier
+    count, link to each subject's report), the regional outliers and the cohort figures.
+
+    ``long`` is the cohort's long table (:func:`qsmprep.group.collect_regional_tables`),
+    ``outliers`` :func:`qsmprep.group.flag_outliers`'s table, ``figures`` the files of
+    :func:`qsmprep.reports.figures.plot_region_distributions` (the PNGs are shown).
+    """
+    from qsmprep.__about__ import __version__
+    from qsmprep.group import OUTLIER_MIN_N, OUTLIER_Z
+
+    out = Path(output_dir)
+    group_dir = out / "group"
+    keys = [c for c in ("participant_id", "session_id", "acq", "run", "atlas") if c in long]
+    whole = long.loc[long["region"] == "whole_brain", [*keys, "n_voxels", "std_ppm"]]
+    table = long[keys].drop_duplicates().merge(whole, on=keys, how="left")
+    if len(outliers):  # pandas merges NaN keys (no session, no run) as equal
+        counts = outliers.groupby(keys, dropna=False).size().rename("n_outliers")
+        table = table.merge(counts.reset_index(), on=keys, how="left")
+    table = table.assign(n_outliers=table.get("n_outliers", 0)).fillna({"n_outliers": 0})
+    rows = []
+    for row in table.sort_values(keys).itertuples(index=False):
+        report = out / f"{row[0]}.html"
+        link = (f'<a href="{_e(_relative(report, group_dir))}">{_e(report.name)}</a>'
+                if report.exists() else "n/a")  # fmt: skip
+        cells = [_cell(v) for v in row[: len(keys)]] + [
+            _cell(row.n_voxels), _cell(float(row.std_ppm)), str(int(row.n_outliers))]
+        rows.append("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in cells) + f"<td>{link}</td></tr>")
+    header = "".join(f"<th>{_e(h)}</th>" for h in (*keys, "whole-brain voxels",
+                                                   "whole-brain SD (ppm)", "outliers",
+                                                   "report"))  # fmt: skip
+    n_acq = len(rows)
+    body = [
+        "<h1>qsmprep group report</h1>",
+        f"<p>qsmprep {_e(__version__)}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. "
+        f"{n_acq} acquisition(s) of {long['participant_id'].nunique()} participant(s); "
+        f"values: <code>{_e(value)}</code>. Tables: <code>regions_long.tsv</code>, "
+        "<code>regions_wide.tsv</code>, <code>regions_outliers.tsv</code>.</p>",
+        "<h2>Acquisitions</h2>",
+        "<p>The whole-brain SD of the Chimap rises with noise, streaks and rim artefacts; "
+        "compare it across the cohort, then open the subject's report.</p>",
+        f"<table><tr>{header}</tr>{''.join(rows)}</table>",
+        "<h2>Regional outliers</h2>",
+        f"<p>Values whose modified z-score (0.6745 (x - median) / MAD over the cohort, "
+        f"Iglewicz &amp; Hoaglin 1993) exceeds {OUTLIER_Z}, for regions seen in at least "
+        f"{OUTLIER_MIN_N} acquisitions. Check these acquisitions' reports (mask, streaks, "
+        "atlas placement) before excluding anything.</p>",
+    ]  # fmt: skip
+    if len(outliers):
+        columns = [*keys, "region", "hemisphere", value, "cohort_median", "modified_z"]
+        body.append(_table([[_cell(v) for v in r] for r in outliers[columns].itertuples(
+            index=False)], header=columns))  # fmt: skip
+    else:
+        body.append("<p>None" + (f" (fewer than {OUTLIER_MIN_N} acquisitions)"
+                                 if n_acq < OUTLIER_MIN_N else "") + ".</p>")  # fmt: skip
+    pngs = [Path(f) for f in figures if str(f).endswith(".png")]
+    if pngs:
+        body.append("<h2>Regions across the cohort</h2>")
+        body += [f'<img src="{_e(_relative(p, group_dir))}" alt="{_e(p.stem)}" '
+                 'style="max-width: 32%">' for p in pngs]  # fmt: skip
+    path = group_dir / "report.html"
+    path.write_text(_page("qsmprep group report", body), encoding="utf-8")
     return path

@@ -189,6 +189,9 @@ def test_example_regional_outputs_and_group_level(example_run, tmp_path):
     assert (long["atlas"] == "qsmprep").all()
     figures = out / "group" / "figures"
     assert list(figures.glob("*.svg")) and list(figures.glob("*.png"))
+    report = parse_report(out / "group" / "report.html")
+    assert sorted(report.href) == ["../sub-01.html", "../sub-02.html"]
+    assert all((out / "group" / src).exists() for src in report.src)
 
 
 @pytest.mark.slow
