@@ -332,6 +332,15 @@ def _write_citation(workflow, out: Path) -> dict[str, str]:
     return {top: "\n\n".join(descs) for top, descs in by_top.items()}
 
 
+def _phase_scaling(acq) -> str:
+    from qsmprep.reports.qc import phase_scaling_note
+
+    try:
+        return phase_scaling_note(acq.phase_files, acq.phase_units)
+    except (ValueError, OSError) as exc:  # the run has said why it could not read them
+        return f"not read: {str(exc).splitlines()[0]}"
+
+
 def _reports_only(settings, acquisitions, refused: dict[str, str], regions) -> int:
     """``--reports-only``: the reports from the derivatives on disk; nothing runs or is
     removed. An acquisition without a Chimap is reported as not processed."""
@@ -365,6 +374,7 @@ def _acquisition_summary(acq, settings, metadata: dict) -> list[tuple[str, str]]
         ("field strength (T)", f"{acq.b0_tesla:g}"
                                + (" (from --b0-tesla)" if acq.b0_from_cli else " (sidecar)")),
         ("phase units (sidecar)", acq.phase_units or "not given (range detected)"),
+        ("phase scaling", _phase_scaling(acq)),
         ("phase sign", f"{settings.phase_sign:+d}"),
     ]  # fmt: skip
     if acq.t1w_file and settings.use_t1w and settings.regions:

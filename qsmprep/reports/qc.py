@@ -173,6 +173,25 @@ def small_labels(dseg: np.ndarray, brain: np.ndarray, fraction: float = 0.02) ->
     return np.where(np.isin(dseg, keep), dseg, 0).astype(np.float32)
 
 
+def phase_scaling_note(phase_files, units: str | None) -> str:
+    """How the stored phase was read: its range and the detected period (the same rules as
+    the pipeline, :func:`qsmprep.algorithms.phase.detect_phase_period`, over every echo)."""
+    from qsmprep.algorithms.phase import detect_phase_period
+    from qsmprep.interfaces.nifti import load_phase_stack
+
+    data, _, notes = load_phase_stack(list(phase_files))
+    finite = data[np.isfinite(data)]
+    period = detect_phase_period(data, units=units)
+    if np.isclose(period, 2 * np.pi):
+        read = "radians"
+    elif np.isclose(period, 2000 * np.pi):
+        read = "milliradians (2000 pi per turn)"
+    else:
+        read = f"integer codes, {period:g} per turn (2 pi)"
+    text = f"stored {finite.min():g} .. {finite.max():g}, read as {read}"
+    return text + ("; " + "; ".join(notes) if notes else "")
+
+
 def geometry_numbers(img) -> list[tuple[str, str]]:
     """Matrix, voxel size and the B0 direction in voxel axes (from the affine) of ``img``."""
     from qsmprep.algorithms.kernels import b0_direction_from_affine

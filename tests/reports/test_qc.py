@@ -119,3 +119,25 @@ def test_small_labels_keep_the_nuclei_and_drop_tissue_classes():
     dseg[6, 6, 6:8] = 7  # a nucleus: 2 voxels
     kept = qc.small_labels(dseg, brain)
     assert set(np.unique(kept).tolist()) == {0.0, 7.0}
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "units", "read"),
+    [(-np.pi, np.pi, "rad", "read as radians"),
+     (-4096, 4095, "arbitrary", "read as integer codes, 8192 per turn (2 pi)"),
+     (0, 4095, None, "read as integer codes, 4096 per turn (2 pi)"),
+     (-1000 * np.pi, 1000 * np.pi, None, "read as milliradians")],
+)  # fmt: skip
+def test_phase_scaling_note_says_how_the_phase_was_read(tmp_path, low, high, units, read):
+    rng = np.random.default_rng(0)
+    files, lowest = [], np.inf
+    for echo in (1, 2):  # the range is read over every echo, as the pipeline does
+        data = rng.uniform(low, high, (8, 8, 8))
+        data.flat[0], data.flat[1] = (low, high) if echo == 2 else (0.5 * low, 0.5 * high)
+        if units != "rad" and high > 100:
+            data = np.round(data)
+        lowest = min(lowest, float(np.float32(data.min())))
+        files.append(tmp_path / f"echo-{echo}.nii.gz")
+        nb.save(nb.Nifti1Image(data.astype(np.float32), np.eye(4)), str(files[-1]))
+    note = qc.phase_scaling_note(files, units)
+    assert read in note and note.startswith(f"stored {lowest:g} ..")
