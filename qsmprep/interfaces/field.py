@@ -94,35 +94,41 @@ class BrainMask(SimpleInterface):
     output_spec = _MaskOutputSpec
 
     def _run_interface(self, runtime):
-        from qsmprep.algorithms import masking
-
         phase, affine = nifti.load(self.inputs.phase)
         mag = nifti.load(self.inputs.magnitude)[0] if isdefined(self.inputs.magnitude) else None
-        method = self.inputs.method
-        if method == "magnitude" and mag is None:
-            method = "phase-quality"  # phase-only acquisition
-        if method in ("bet", "consensus") and mag is None:
-            raise ValueError(f"{self.inputs.phase}: --masking {method} needs magnitude images")
-        if method == "magnitude":
-            mask = masking.mask_from_magnitude(mag, erosions=self.inputs.erosions,
-                                               voxel_size_mm=nifti.geometry(affine)[0])  # fmt: skip
-        elif method == "phase-quality":
-            mask = masking.mask_from_phase_quality(
-                phase, mag, echo_times_s=self.inputs.echo_times_s
-            )
-        elif method == "bet":
-            mask = _bet(mag, affine, erosions=self.inputs.erosions)
-        elif method == "consensus":
-            mask = masking.consensus_mask(
-                _bet(mag, affine, erosions=0), phase, mag, echo_times_s=self.inputs.echo_times_s,
-                erosions=self.inputs.erosions,
-            )  # fmt: skip
-        else:
-            raise ValueError(f"unknown masking method {method!r}")
+        try:
+            mask = compute_mask(self.inputs.method, phase, mag, affine,
+                                echo_times_s=self.inputs.echo_times_s,
+                                erosions=self.inputs.erosions)  # fmt: skip
+        except ValueError as exc:
+            raise ValueError(f"{self.inputs.phase}: {exc}") from exc
         if not mask.any():
             raise ValueError(f"{self.inputs.phase}: the brain mask is empty")
         self._results["out_file"] = nifti.save(mask, affine, _out(runtime, "mask.nii.gz"))
         return runtime
+
+
+def compute_mask(method: str, phase, magnitude, affine, *, echo_times_s, erosions: int = 0):
+    """The brain mask of ``--masking method`` from phase (rad) and magnitude (None for
+    phase-only data, which always gets the phase-quality mask)."""
+    from qsmprep.algorithms import masking
+
+    if method == "magnitude" and magnitude is None:
+        method = "phase-quality"  # phase-only acquisition
+    if method in ("bet", "consensus") and magnitude is None:
+        raise ValueError(f"--masking {method} needs magnitude images")
+    if method == "magnitude":
+        return masking.mask_from_magnitude(magnitude, erosions=erosions,
+                                           voxel_size_mm=nifti.geometry(affine)[0])  # fmt: skip
+    if method == "phase-quality":
+        return masking.mask_from_phase_quality(phase, magnitude, echo_times_s=echo_times_s,
+                                               erosions=erosions)  # fmt: skip
+    if method == "bet":
+        return _bet(magnitude, affine, erosions=erosions)
+    if method == "consensus":
+        return masking.consensus_mask(_bet(magnitude, affine, erosions=0), phase, magnitude,
+                                      echo_times_s=echo_times_s, erosions=erosions)  # fmt: skip
+    raise ValueError(f"unknown masking method {method!r}")
 
 
 def _bet(magnitude, affine, *, erosions: int = 0):

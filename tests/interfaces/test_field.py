@@ -50,3 +50,28 @@ def test_echo_combination_without_magnitude_has_no_field_noise(tmp_path, echoes,
     monkeypatch.chdir(tmp_path)
     res = EchoCombination(phase=files["phase"], mask=files["mask"], echo_times_s=TES).run()
     assert not isdefined(res.outputs.field_noise_std_hz)
+
+
+def test_compute_mask_honours_erosions_for_every_method_and_phase_only_data():
+    """--mask-erosions applies to the phase-quality mask too (it was ignored there), and
+    phase-only data get the phase-quality mask whatever --masking says."""
+    from qsmprep.interfaces.field import compute_mask
+
+    rng = np.random.default_rng(0)
+    shape, tes = (32, 32, 32), (0.005, 0.010, 0.015)
+    grid = np.indices(shape) - 15.5
+    head = (grid**2).sum(0) < 12**2
+    field_rad_s = 2 * np.pi * 20.0 * grid[0] / 16  # a smooth field inside the head
+    phase = np.stack([np.where(head, field_rad_s * te, rng.uniform(-np.pi, np.pi, shape))
+                      for te in tes], -1)  # fmt: skip
+    mag = np.stack([np.where(head, 1000.0, rng.rayleigh(30.0, shape)) for _ in tes], -1)
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    for method, magnitude in (("magnitude", mag), ("phase-quality", mag),
+                              ("magnitude", None)):  # fmt: skip
+        masks = [compute_mask(method, phase, magnitude, affine, echo_times_s=tes, erosions=n)
+                 for n in (0, 1)]  # fmt: skip
+        dice = 2 * (masks[0] & head).sum() / (masks[0].sum() + head.sum())
+        assert dice > 0.95, (method, dice)
+        assert not (masks[1] & ~masks[0]).any() and masks[1].sum() < 0.9 * masks[0].sum()
+    with pytest.raises(ValueError, match="needs magnitude"):
+        compute_mask("bet", phase, None, affine, echo_times_s=tes)
