@@ -16,7 +16,9 @@ Siemens-style integer phase) and the two anatomical phantoms of
 mask that takes in bone or dura brings), to test robustness. ``--slab MM`` keeps only an
 axial slab of MM (third voxel axis) through the brain's centre before the front end, as a
 partial-coverage acquisition would (the field still comes from the whole head).
-``--single-step-radii 3 4 5 6 8`` scans single-step TV's SMV radius.
+``--masking magnitude phase-quality bet consensus`` runs each case once per masking method
+(the pipeline's own dispatch; bet and consensus need ``brainextractor``) and prints each mask's
+Dice with the true brain. ``--single-step-radii 3 4 5 6 8`` scans single-step TV's SMV radius.
 ``--single-step-config LABEL=key=value[,...]`` (repeatable) adds single-step TV with other
 parameters (``lambda_factor`` multiplies the default per-jump lambda). ``--edge`` also scores
 the brain outside the mask eroded by 6 mm, where the default Chimap is not written
@@ -26,6 +28,7 @@ the brain outside the mask eroded by 6 mm, where the default Chimap is not writt
 from __future__ import annotations
 
 import argparse
+import itertools
 import subprocess
 import sys
 import tempfile
@@ -34,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qsmprep.algorithms import combine, masking
+from qsmprep.algorithms import combine
 from qsmprep.algorithms.background import erode_mask, remove_background
 from qsmprep.algorithms.constants import hz_to_ppm, phase_rad_per_ppm, ppm_to_hz
 from qsmprep.algorithms.inversion import USES_FIELD_NOISE, USES_MAGNITUDE, invert
@@ -132,8 +135,12 @@ def crop_slab(case, thickness_mm: float) -> dict:
                 truth=case["truth"][:, :, sl], brain=case["brain"][:, :, sl])  # fmt: skip
 
 
-def front_end(case, erosions: int = 0):
-    mask = masking.mask_from_magnitude(case["mag"], voxel_size_mm=case["vox"], erosions=erosions)
+def front_end(case, erosions: int = 0, method: str = "magnitude"):
+    """The pipeline's front end: ``--masking method``, the echo fit and Laplacian unwrapping."""
+    from qsmprep.interfaces.field import compute_mask
+
+    mask = compute_mask(method, case["phase"], case["mag"], np.diag([*case["vox"], 1.0]),
+                        echo_times_s=case["tes"], erosions=erosions)  # fmt: skip
     fit = combine.fit_field_linear(case["phase"], case["mag"], echo_times_s=case["tes"], mask=mask)
     total = unwrap_field_hz(fit.field_hz, wrap_period_hz=fit.wrap_period_hz,
                             voxel_size_mm=case["vox"], mask=mask) * mask  # fmt: skip
@@ -207,6 +214,9 @@ def main(argv=None):
                    help="keep an axial slab of MM through the brain (partial coverage)")
     p.add_argument("--mask-erosions", type=int, default=0, metavar="N",
                    help="erode the magnitude mask by N voxels (the CLI's --mask-erosions)")
+    p.add_argument("--masking", nargs="+", default=["magnitude"],
+                   help="--masking method(s) of the front end (bet and consensus need "
+                   "brainextractor); each case runs once per method")  # fmt: skip
     p.add_argument("--config", action="append", default=[], metavar="LABEL=METHOD[:k=v,...]",
                    help="a background-removal setting to score beside --bfr")  # fmt: skip
     p.add_argument("--medi-weights", choices=["noise", "magnitude"], default="noise",
@@ -220,10 +230,18 @@ def main(argv=None):
     if args.large:
         cases += list(large_subjects())
     print("case | bfr | " + " | ".join(args.inversion) + " | (NRMSE %, time s)")
-    for name, case in cases:
+    for (case_name, case), masking_method in itertools.product(cases, args.masking):
+        name = case_name if len(args.masking) == 1 else f"{case_name} [{masking_method}]"
         if args.slab:
             case = crop_slab(case, args.slab)
-        mask, total = front_end(case, args.mask_erosions)
+        t0 = time.perf_counter()
+        mask, total = front_end(case, args.mask_erosions, masking_method)
+        if len(args.masking) > 1:
+            brain = case["brain"]
+            print(f"{name} | mask: Dice {2 * (mask & brain).sum() / (mask.sum() + brain.sum()):.3f}"
+                  f", {(mask & ~brain).sum()} voxels outside the brain, "
+                  f"{(brain & ~mask).sum()} brain voxels left out ({time.perf_counter() - t0:.1f} s"
+                  " front end)", flush=True)  # fmt: skip
         if args.rim_shell:
             total = add_rim_sources(case, mask, total, *args.rim_shell)
         if args.single_step:
