@@ -177,3 +177,28 @@ def test_reports_only_redraws_reports_without_running(make_bids, tmp_path, capsy
     assert "Failed:" in (out / "sub-02.html").read_text()
     rc = main([str(bids), str(tmp_path / "none"), "participant", "--reports-only"])
     assert rc == 1 and "does not exist" in capsys.readouterr().err
+
+
+def test_cleanup_removes_only_the_failed_acquisitions_files(tmp_path):
+    """sub-01 failed, sub-01_acq-fast finished: the cleanup must not take the second's
+    outputs, whose names start with the first's name."""
+    from types import SimpleNamespace
+
+    from qsmprep.cli.run import _cleanup_failed
+    from qsmprep.interfaces.bids import Acquisition
+
+    anat, figures = tmp_path / "sub-01" / "anat", tmp_path / "sub-01" / "figures"
+    anat.mkdir(parents=True)
+    figures.mkdir()
+    for name in ("sub-01_desc-brain_mask.nii.gz", "sub-01_acq-fast_Chimap.nii.gz",
+                 "sub-01_acq-fast_desc-brain_mask.nii.gz"):  # fmt: skip
+        (anat / name).touch()
+    for name in ("sub-01_desc-masks_qc.png", "sub-01_acq-fast_desc-masks_qc.png"):
+        (figures / name).touch()
+    acqs = [Acquisition(subject="01", acq=a, phase_files=("p.nii",), echo_times_s=(0.01,),
+                        b0_tesla=3.0) for a in (None, "fast")]  # fmt: skip
+    failed = _cleanup_failed(SimpleNamespace(output_dir=tmp_path), acqs)
+    assert failed == ["sub-01"]
+    assert sorted(p.name for p in anat.iterdir()) == [
+        "sub-01_acq-fast_Chimap.nii.gz", "sub-01_acq-fast_desc-brain_mask.nii.gz"]
+    assert [p.name for p in figures.iterdir()] == ["sub-01_acq-fast_desc-masks_qc.png"]
