@@ -152,6 +152,8 @@ def _bids_filter(settings):
 def _cleanup_failed(settings, acquisitions, regions=None) -> list[str]:
     """Remove the outputs of incomplete acquisitions (no Chimap, or no regional table when
     the regional stage ran); return their names."""
+    from qsmprep.interfaces.bids import files_of
+
     failed = []
     for acq in acquisitions:
         anat = _anat_dir(Path(settings.output_dir), acq)
@@ -161,20 +163,9 @@ def _cleanup_failed(settings, acquisitions, regions=None) -> list[str]:
         if not all((anat / name).exists() for name in expected):
             failed.append(acq.name)
             figures = Path(settings.output_dir) / f"sub-{acq.subject}" / "figures"
-            for f in [*_own_files(anat, acq.name), *_own_files(figures, acq.name)]:
+            for f in [*files_of(anat, acq.name), *files_of(figures, acq.name)]:
                 f.unlink()
     return failed
-
-
-#: Entities of an acquisition's name; a file whose name goes on with one of these after
-#: ``<name>_`` belongs to another acquisition (``sub-01_acq-fast_...`` is not ``sub-01``'s).
-_NAME_ENTITIES = ("ses-", "acq-", "run-")
-
-
-def _own_files(folder: Path, name: str) -> list[Path]:
-    """The files of acquisition ``name`` in ``folder`` (not those of a longer name)."""
-    return [f for f in folder.glob(f"{name}_*")
-            if not f.name[len(name) + 1:].startswith(_NAME_ENTITIES)]  # fmt: skip
 
 
 def _anat_dir(out: Path, acq) -> Path:

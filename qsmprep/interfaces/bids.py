@@ -692,6 +692,18 @@ def check_acquisition_advice(acq: Acquisition) -> list[str]:
     return warnings
 
 
+#: Entities of an acquisition's name after ``sub-``: a file named ``<name>_acq-...`` (or
+#: ``_ses-``, ``_run-``) belongs to another acquisition whose name extends this one.
+NAME_ENTITIES = ("ses-", "acq-", "run-")
+
+
+def files_of(folder: str | os.PathLike[str], name: str, pattern: str = "*") -> list[Path]:
+    """The files ``<name>_<pattern>`` in ``folder`` that belong to acquisition ``name``
+    itself, sorted: ``sub-01_acq-fast_Chimap.nii.gz`` is not one of ``sub-01``'s."""
+    return sorted(f for f in Path(folder).glob(f"{name}_{pattern}")
+                  if not f.name[len(name) + 1:].startswith(NAME_ENTITIES))  # fmt: skip
+
+
 def find_user_mask(mask_dir: str | os.PathLike[str], acq: Acquisition) -> str:
     """The user's brain mask for ``acq`` in a BIDS derivatives folder.
 
@@ -708,10 +720,8 @@ def find_user_mask(mask_dir: str | os.PathLike[str], acq: Acquisition) -> str:
     if acq.session:
         anat = anat / f"ses-{acq.session}"
     anat = anat / "anat"
-    found = sorted(
-        p for p in anat.glob(f"{acq.name}_*mask.nii*")
-        if "desc-brain" in p.name and p.name.endswith((".nii", ".nii.gz"))
-    )  # fmt: skip
+    found = [p for p in files_of(anat, acq.name, "*mask.nii*")
+             if "desc-brain" in p.name and p.name.endswith((".nii", ".nii.gz"))]  # fmt: skip
     if len(found) != 1:
         what = "no" if not found else f"{len(found)} candidate"
         raise BIDSInputError(

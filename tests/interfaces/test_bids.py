@@ -432,3 +432,24 @@ def test_sheared_affine_is_measured_and_warned(make_bids):
     assert acq.axis_skew_deg == pytest.approx(np.degrees(np.arctan(0.2 / 2.0)), abs=0.01)
     assert any("sheared" in w for w in check_acquisition_advice(acq))
     assert not any("sheared" in w for w in check_acquisition_advice(_acq()))
+
+
+def test_find_user_mask_picks_the_acquisitions_own_mask(tmp_path):
+    from qsmprep.interfaces.bids import Acquisition, BIDSInputError, find_user_mask
+
+    anat = tmp_path / "sub-01" / "anat"
+    anat.mkdir(parents=True)
+    for name in ("sub-01_desc-brain_mask.nii.gz", "sub-01_acq-fast_desc-brain_mask.nii.gz",
+                 "sub-01_acq-fast_desc-brain_mask.json"):  # fmt: skip
+        (anat / name).touch()
+    plain, fast = (Acquisition(subject="01", acq=a, phase_files=("p.nii",),
+                               echo_times_s=(0.01,), b0_tesla=3.0) for a in (None, "fast"))
+    # sub-01's own mask, not also sub-01_acq-fast's (whose name extends it)
+    assert find_user_mask(tmp_path, plain) == str(anat / "sub-01_desc-brain_mask.nii.gz")
+    assert find_user_mask(tmp_path, fast).endswith("sub-01_acq-fast_desc-brain_mask.nii.gz")
+    (anat / "sub-01_space-orig_desc-brain_mask.nii.gz").touch()  # two of its own: ambiguous
+    with pytest.raises(BIDSInputError, match="2 candidate brain mask for sub-01 in"):
+        find_user_mask(tmp_path, plain)
+    other = Acquisition(subject="02", phase_files=("p.nii",), echo_times_s=(0.01,), b0_tesla=3)
+    with pytest.raises(BIDSInputError, match="expected sub-02_desc-brain_mask.nii.gz"):
+        find_user_mask(tmp_path, other)
