@@ -153,10 +153,11 @@ def _cleanup_failed(settings, acquisitions, regions=None) -> list[str]:
     """Remove the outputs of incomplete acquisitions (no Chimap, or no regional table when
     the regional stage ran); return their names."""
     from qsmprep.interfaces.bids import files_of
+    from qsmprep.reports.subject import anat_dir
 
     failed = []
     for acq in acquisitions:
-        anat = _anat_dir(Path(settings.output_dir), acq)
+        anat = anat_dir(Path(settings.output_dir), acq)
         expected = [f"{acq.name}_Chimap.nii.gz"]
         if regions and acq.magnitude_files:
             expected.append(f"{acq.name}_seg-{regions['atlas_name']}_desc-regions_stats.tsv")
@@ -166,14 +167,6 @@ def _cleanup_failed(settings, acquisitions, regions=None) -> list[str]:
             for f in [*files_of(anat, acq.name), *files_of(figures, acq.name)]:
                 f.unlink()
     return failed
-
-
-def _anat_dir(out: Path, acq) -> Path:
-    """``out/sub-X[/ses-Y]/anat``, where the acquisition's derivatives are written."""
-    anat = out / f"sub-{acq.subject}"
-    if acq.session:
-        anat = anat / f"ses-{acq.session}"
-    return anat / "anat"
 
 
 def _with_user_masks(mask_dir, acquisitions, errors: list) -> list:
@@ -334,18 +327,10 @@ def _write_citation(workflow, out: Path) -> dict[str, str]:
     return {top: "\n\n".join(descs) for top, descs in by_top.items()}
 
 
-def _phase_scaling(acq) -> str:
-    from qsmprep.reports.qc import phase_scaling_note
-
-    try:
-        return phase_scaling_note(acq.phase_files, acq.phase_units)
-    except (ValueError, OSError) as exc:  # the run has said why it could not read them
-        return f"not read: {str(exc).splitlines()[0]}"
-
-
 def _reports_only(settings, acquisitions, refused: dict[str, str], regions) -> int:
     """``--reports-only``: the reports from the derivatives on disk; nothing runs or is
     removed. An acquisition without a Chimap is reported as not processed."""
+    from qsmprep.reports.subject import anat_dir
     from qsmprep.workflows.base import init_qsmprep_wf
 
     out = Path(settings.output_dir)
@@ -356,7 +341,7 @@ def _reports_only(settings, acquisitions, refused: dict[str, str], regions) -> i
     methods = {top: "\n\n".join(descs) for top, descs in _descriptions(workflow).items()}
     missing = {}
     for acq in acquisitions:
-        chimap = _anat_dir(out, acq) / f"{acq.name}_Chimap.nii.gz"
+        chimap = anat_dir(out, acq) / f"{acq.name}_Chimap.nii.gz"
         if not chimap.exists():
             missing[acq.name] = (f"{chimap} not found: run the participant level without "
                                  "--reports-only first")  # fmt: skip
@@ -367,69 +352,18 @@ def _reports_only(settings, acquisitions, refused: dict[str, str], regions) -> i
     return 1 if (missing or refused) else 0
 
 
-def _acquisition_summary(acq, settings, metadata: dict) -> list[tuple[str, str]]:
-    """The report's "input and processing" rows of one acquisition."""
-    rows = [
-        ("data", f"{acq.suffix}, {acq.n_echoes} echo(es), "
-                 + ("phase + magnitude" if acq.magnitude_files else "phase only")),
-        ("echo times (ms)", ", ".join(f"{t * 1e3:.2f}" for t in acq.echo_times_s)),
-        ("field strength (T)", f"{acq.b0_tesla:g}"
-                               + (" (from --b0-tesla)" if acq.b0_from_cli else " (sidecar)")),
-        ("phase units (sidecar)", acq.phase_units or "not given (range detected)"),
-        ("phase scaling", _phase_scaling(acq)),
-        ("phase sign", f"{settings.phase_sign:+d}"),
-    ]  # fmt: skip
-    if acq.t1w_file and settings.use_t1w and settings.regions:
-        rows.append(("T1w (registration intermediate)", Path(acq.t1w_file).name))
-    if metadata.get("EstimationAlgorithm"):
-        rows.append(("stages", metadata["EstimationAlgorithm"]))
-    if metadata.get("ReferenceRegion"):
-        rows.append(("susceptibility reference", metadata["ReferenceRegion"]))
-    return rows
-
-
 def _write_reports(settings, acquisitions, failed: dict[str, str], methods: dict[str, str],
                    refused: dict[str, str] | None = None) -> list[Path]:  # fmt: skip
-    """One HTML report per subject (:mod:`qsmprep.reports.html`), also for a subject whose
-    input was refused (``refused``: label -> error); a report that cannot be drawn is a
-    warning, never a failed run."""
-    from qsmprep.__about__ import __version__
-    from qsmprep.interfaces.bids import check_acquisition_advice
-    from qsmprep.reports.html import AcquisitionSection, write_subject_report
-    from qsmprep.reports.qc import acquisition_qc, find_derivatives
-    from qsmprep.workflows.base import _node_name
+    """The subject reports (:func:`qsmprep.reports.subject.write_reports`); ``methods`` is
+    keyed by acquisition sub-workflow, as :func:`_write_citation` returns it."""
+    from qsmprep.reports.subject import write_reports
+    from qsmprep.workflows.base import acquisition_workflow_name
 
-    out = Path(settings.output_dir)
-    written = []
-    refused = refused or {}
-    for subject in sorted({a.subject for a in acquisitions} | set(refused)):
-        sections = []
-        if subject in refused:
-            sections.append(AcquisitionSection(name=f"sub-{subject}", error=refused[subject]))
-        for acq in (a for a in acquisitions if a.subject == subject):
-            section = AcquisitionSection(name=acq.name, warnings=check_acquisition_advice(acq),
-                                         methods=methods.get(_node_name(acq), ""))  # fmt: skip
-            metadata: dict = {}
-            if acq.name in failed:
-                section.error = failed[acq.name]
-            else:
-                files = find_derivatives(_anat_dir(out, acq), acq.name)
-                try:
-                    section.qc = acquisition_qc(
-                        files, fig_dir=out / f"sub-{subject}" / "figures", name=acq.name,
-                        magnitude_file=acq.magnitude_files[0] if acq.magnitude_files else None,
-                    )  # fmt: skip
-                    metadata = section.qc.metadata
-                except Exception as exc:  # QC must never fail a finished acquisition
-                    LOGGER.warning("%s: QC figures could not be drawn: %s", acq.name, exc)
-                    section.warnings.append(f"QC figures could not be drawn: {exc}")
-            section.summary = _acquisition_summary(acq, settings, metadata)
-            sections.append(section)
-        try:
-            written.append(write_subject_report(out, subject, sections, version=__version__))
-        except OSError as exc:
-            LOGGER.warning("sub-%s: the HTML report could not be written: %s", subject, exc)
-    return written
+    return write_reports(
+        settings.output_dir, acquisitions, failed=failed, refused=refused or {},
+        methods={a.name: methods.get(acquisition_workflow_name(a), "") for a in acquisitions},
+        phase_sign=settings.phase_sign, t1w_used=bool(settings.use_t1w and settings.regions),
+    )  # fmt: skip
 
 
 def run_group_level(settings) -> int:

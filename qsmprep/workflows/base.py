@@ -155,7 +155,8 @@ def _set_crashdump_dir(workflow: pe.Workflow, log_dir: Path) -> None:
         node.config = {"execution": {"crashdump_dir": str(log_dir), "crashfile_format": "txt"}}
 
 
-def _node_name(acq) -> str:
+def acquisition_workflow_name(acq) -> str:
+    """The name of an acquisition's sub-workflow (and of its folder in the work dir)."""
     return re.sub(r"[^0-9a-zA-Z]", "_", acq.name) + "_wf"
 
 
@@ -189,7 +190,7 @@ def init_single_acquisition_wf(
     ``regions`` (from :func:`resolve_regions`) adds template registration, native-space atlas
     labels and the regional table; it needs magnitude images and is skipped without them.
     """
-    workflow = pe.Workflow(name=name or _node_name(acq))
+    workflow = pe.Workflow(name=name or acquisition_workflow_name(acq))
     echo_times = list(acq.echo_times_s)
     mem_gb = estimate_mem_gb(n_voxels, len(echo_times))
     has_mag = bool(acq.magnitude_files)
