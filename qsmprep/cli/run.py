@@ -17,8 +17,10 @@ def _fail(msg: str, code: int = 1) -> int:
     return code
 
 
-#: Outputs outside BIDS (logs, SWI, the reports and their figures), for ``.bidsignore``.
-BIDSIGNORE = ("**/log/", "logs/", "*_swi.nii.gz", "*_minIP.nii.gz", "**/figures/", "sub-*.html")
+#: Outputs outside BIDS (logs, SWI, the reports and their figures, the group level's cohort
+#: tables), for ``.bidsignore``.
+BIDSIGNORE = ("**/log/", "logs/", "*_swi.nii.gz", "*_minIP.nii.gz", "**/figures/", "sub-*.html",
+              "group/")  # fmt: skip
 
 
 def write_dataset_description(output_dir: Path) -> Path:
