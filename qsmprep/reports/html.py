@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from qsmprep.reports.qc import AcquisitionQC
+from qsmprep.reports.qc import AcquisitionQC, format_ppm
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 0 auto; max-width: 1150px; padding: 1em;
@@ -146,7 +146,7 @@ def _cell(value) -> str:
     if pd.isna(value):
         return "n/a"
     if isinstance(value, float):
-        return f"{round(value, 4) + 0.0:.4f}"
+        return format_ppm(value)
     return str(value)
 
 

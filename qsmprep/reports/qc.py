@@ -42,22 +42,19 @@ class AcquisitionQC:
     metadata: dict = field(default_factory=dict)
 
 
-#: key -> (desc/seg entities and suffix of the derivative file name, after ``<name>_``)
-DERIVATIVES = {
-    "chimap": "Chimap.nii.gz",
-    "brain_mask": "desc-brain_mask.nii.gz",
-    "qsm_mask": "desc-qsm_mask.nii.gz",
-    "total_field": "desc-total_fieldmap.nii.gz",
-    "local_field": "desc-local_fieldmap.nii.gz",
-    "r2star": "R2starmap.nii.gz",
-    "minip": "minIP.nii.gz",
-}
+def derivative_names() -> dict[str, str]:
+    """Output field -> file name after ``<name>_``, from the sinks' own table
+    (:data:`qsmprep.workflows.outputs.OUTPUTS`), so the report reads what the run writes."""
+    from qsmprep.workflows.outputs import OUTPUTS
+
+    return {field_: (f"desc-{desc}_" if desc else "") + f"{suffix}.nii.gz"
+            for field_, desc, suffix, _ in OUTPUTS}  # fmt: skip
 
 
 def find_derivatives(anat_dir: Path, name: str) -> dict[str, Path]:
-    """The derivatives of acquisition ``name`` in ``anat_dir`` that exist, by key
-    (:data:`DERIVATIVES`, plus ``dseg`` and ``regions`` for the regional stage)."""
-    found = {key: anat_dir / f"{name}_{tail}" for key, tail in DERIVATIVES.items()}
+    """The derivatives of acquisition ``name`` in ``anat_dir`` that exist, by output field
+    (:func:`derivative_names`, plus ``dseg`` and ``regions`` for the regional stage)."""
+    found = {key: anat_dir / f"{name}_{tail}" for key, tail in derivative_names().items()}
     found = {key: path for key, path in found.items() if path.exists()}
     for key, pattern in (("dseg", f"{name}_seg-*_dseg.nii.gz"),
                          ("regions", f"{name}_seg-*_desc-regions_stats.tsv")):  # fmt: skip
@@ -160,7 +157,7 @@ def _fmt(value: float, digits: int = 3) -> str:
     return f"{value:.{digits}g}"
 
 
-def _ppm(value: float) -> str:
+def format_ppm(value: float) -> str:
     """A susceptibility in ppm to 0.1 ppb, without a minus sign on zero."""
     return f"{round(float(value), 4) + 0.0:.4f}"
 
@@ -218,9 +215,9 @@ def chimap_numbers(chi, brain, qsm_mask, *, voxel_ml: float) -> list[tuple[str, 
         ("QSM mask volume (mL, % of the brain mask)",
          f"{_fmt(qsm_mask.sum() * voxel_ml, 4)} ({kept:.0f} %)"),
         ("Chimap mean / median / SD in the QSM mask (ppm)",
-         " / ".join(_ppm(f(values)) for f in (np.mean, np.median, np.std))),
+         " / ".join(format_ppm(f(values)) for f in (np.mean, np.median, np.std))),
         ("Chimap 1st / 99th percentile (ppm)",
-         " / ".join(_ppm(v) for v in np.percentile(values, [1, 99]))),
+         " / ".join(format_ppm(v) for v in np.percentile(values, [1, 99]))),
         (f"voxels with |chi| > {EXTREME_PPM} ppm (% of the QSM mask)",
          f"{100 * np.mean(np.abs(values) > EXTREME_PPM):.2f}"),
     ]  # fmt: skip
@@ -228,9 +225,9 @@ def chimap_numbers(chi, brain, qsm_mask, *, voxel_ml: float) -> list[tuple[str, 
 
 #: (key, figure desc, label, what to look for) of the field-map figures.
 _FIELDS = (
-    ("total_field", "totalfield", "Total field", "It should vary smoothly, with no 2 pi "
+    ("total_field_hz", "totalfield", "Total field", "It should vary smoothly, with no 2 pi "
      "jumps (unwrapping errors) and no isolated dots inside the brain mask."),
-    ("local_field", "localfield", "Local field", "It should show tissue contrast (veins, "
+    ("local_field_hz", "localfield", "Local field", "It should show tissue contrast (veins, "
      "deep grey matter) and no smooth background left near the mask edge."),
 )  # fmt: skip
 
@@ -265,7 +262,7 @@ def acquisition_qc(files: dict[str, Path], *, magnitude_file: str | None, fig_di
     if sidecar.exists():
         qc.metadata = json.loads(sidecar.read_text())
     chi_img, chi = _load(files["chimap"])
-    brain_img, brain = _load(files["brain_mask"])
+    brain_img, brain = _load(files["mask"])
     brain = brain > 0.5
     qsm_mask = _load(files["qsm_mask"])[1] > 0.5 if "qsm_mask" in files else brain
     draw = _Drawer(qc, cuts=cut_coords(brain, brain_img.affine), fig_dir=fig_dir, name=name)
@@ -276,7 +273,7 @@ def acquisition_qc(files: dict[str, Path], *, magnitude_file: str | None, fig_di
     outlines = [(nb.Nifti1Image(brain.astype(np.uint8), brain_img.affine), "#ff3b30")]
     if "qsm_mask" in files:
         outlines.append((nb.Nifti1Image(qsm_mask.astype(np.uint8), brain_img.affine), "#00c8ff"))
-    bg = magnitude_file or files["total_field"]
+    bg = magnitude_file or files["total_field_hz"]
     bg_text = "first-echo magnitude" if magnitude_file else "total field (phase-only data)"
     draw(_load(bg)[0], "masks", "Brain mask and QSM mask",
          f"The {bg_text} with the brain mask (red) and the region where the susceptibility "
@@ -287,7 +284,7 @@ def acquisition_qc(files: dict[str, Path], *, magnitude_file: str | None, fig_di
         if key not in files:
             continue
         img, data = _load(files[key])
-        region = brain if key == "total_field" else qsm_mask & (data != 0)
+        region = brain if key == "total_field_hz" else qsm_mask & (data != 0)
         window = _percentile_window(data[region])
         draw(_masked_image(img, data, region), desc, f"{label} (Hz)",
              f"{label} offset in Hz, window +/-{_fmt(window)} Hz (99th percentile of its "
@@ -302,8 +299,8 @@ def acquisition_qc(files: dict[str, Path], *, magnitude_file: str | None, fig_di
          "streaks through the slices, bright or dark rims at the mask edge, and uniform "
          "contrast from front to back; deep grey-matter nuclei and veins are bright, white "
          "matter slightly dark.", **window)  # fmt: skip
-    if "r2star" in files:
-        img, data = _load(files["r2star"])
+    if "r2starmap" in files:
+        img, data = _load(files["r2starmap"])
         top = float(np.percentile(data[brain], 99)) if brain.any() else 1.0
         draw(_masked_image(img, data, brain), "r2star", "R2* (1/s)",
              f"R2* map, window 0-{_fmt(top)} 1/s (99th percentile). Iron-rich nuclei are "

@@ -54,8 +54,8 @@ def derivatives(tmp_path):
 
 def test_numbers_and_figures_of_a_finished_acquisition(derivatives, tmp_path):
     files = qc.find_derivatives(derivatives["anat"], "sub-01")
-    assert set(files) == {"chimap", "brain_mask", "qsm_mask", "total_field", "local_field",
-                          "r2star", "minip"}  # fmt: skip
+    assert set(files) == {"chimap", "mask", "qsm_mask", "total_field_hz", "local_field_hz",
+                          "r2starmap", "minip"}  # fmt: skip
     result = qc.acquisition_qc(files, magnitude_file=derivatives["mag"],
                                fig_dir=tmp_path / "figures", name="sub-01")  # fmt: skip
     numbers = dict(result.numbers)
