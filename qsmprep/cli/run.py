@@ -292,7 +292,8 @@ def run_participant(settings) -> int:
         log_dir = out / name.split("_")[0] / "log"
         failed[name] = f"{_crash_reason(log_dir)} (crash files in {log_dir})"
         print(f"qsmprep: error: {name} failed: {failed[name]}", file=sys.stderr)
-    reports = _write_reports(settings, acquisitions, failed, methods, refused=refused)
+    removed = {name: f"{why}; its partial outputs were removed" for name, why in failed.items()}
+    reports = _write_reports(settings, acquisitions, removed, methods, refused=refused)
     done = len(acquisitions) - len(failed)
     print(f"qsmprep: {done}/{len(acquisitions)} acquisition(s) finished; outputs in {out}"
           + (f"; reports: {', '.join(p.name for p in reports)}" if reports else ""))

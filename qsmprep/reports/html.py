@@ -79,8 +79,7 @@ def _relative(path: Path, start: Path) -> str:
 def _section(section: AcquisitionSection, out: Path) -> str:
     parts = [f'<h2 id="{_e(section.name)}">{_e(section.name)}</h2>']
     if section.error:
-        parts.append(f'<div class="error"><b>Failed:</b> {_e(section.error)}. No derivatives of '
-                     "this acquisition were kept.</div>")  # fmt: skip
+        parts.append(f'<div class="error"><b>Failed:</b> {_e(section.error)}</div>')
     if section.summary:
         parts += ["<h3>Input and processing</h3>", _key_values(section.summary)]
     if section.warnings:

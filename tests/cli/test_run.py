@@ -202,3 +202,29 @@ def test_cleanup_removes_only_the_failed_acquisitions_files(tmp_path):
     assert sorted(p.name for p in anat.iterdir()) == [
         "sub-01_acq-fast_Chimap.nii.gz", "sub-01_acq-fast_desc-brain_mask.nii.gz"]
     assert [p.name for p in figures.iterdir()] == ["sub-01_acq-fast_desc-masks_qc.png"]
+
+
+def test_a_failed_acquisition_is_cleaned_and_reported(make_bids, tmp_path, monkeypatch):
+    """A workflow that leaves only a partial output: the run exits 1, removes it, and the
+    subject's report says the acquisition failed and that its outputs were removed."""
+    import qsmprep.workflows.base as base
+
+    out = tmp_path / "out"
+
+    class Partial:
+        def list_node_names(self):
+            return []
+
+        def run(self, plugin, plugin_args):
+            anat = out / "sub-01" / "anat"
+            anat.mkdir(parents=True, exist_ok=True)
+            (anat / "sub-01_desc-brain_mask.nii.gz").touch()  # no Chimap: a crash midway
+
+    monkeypatch.setattr(base, "init_qsmprep_wf", lambda *a, **k: Partial())
+    rc = main([str(make_bids(subjects=("01",))), str(out), "participant", "--no-regions",
+               "-w", str(tmp_path / "work")])  # fmt: skip
+    assert rc == 1
+    assert not (out / "sub-01" / "anat" / "sub-01_desc-brain_mask.nii.gz").exists()
+    text = (out / "sub-01.html").read_text()
+    assert "0 of 1 acquisition(s) finished; failed: sub-01" in text
+    assert "no crash file was written" in text and "partial outputs were removed" in text
