@@ -433,7 +433,14 @@ def load_plugin_settings(path: str | os.PathLike[str]) -> tuple[str, dict[str, A
     Raises
     ------
     ValueError
-        If the file is not a mapping with a string ``plugin`` key.
+        If the file is not a mapping with a string ``plugin`` key, if Nipype has no such
+        plugin, or if the plugin is one of Nipype's graph plugins (``SLURMGraph``,
+        ``SGEGraph``, ``PBSGraph``, ``CondorDAGMan``). Those submit every node as a job with
+        its dependencies and return at once, before any job has run, so qsmprep could not
+        check the outputs, remove a failed acquisition's partial ones or write the reports
+        (it would report every acquisition as failed while the jobs go on writing). Their
+        synchronous siblings (``SLURM``, ``SGE``, ``PBS``, ``Condor``) take the same
+        ``sbatch_args``/``qsub_args`` and wait for the jobs.
     """
     import yaml
 
@@ -447,7 +454,33 @@ def load_plugin_settings(path: str | os.PathLike[str]) -> tuple[str, dict[str, A
     plugin_args = content.get("plugin_args") or {}
     if not isinstance(plugin_args, dict):
         raise ValueError(f"{path}: 'plugin_args' must be a mapping")
-    return content["plugin"], dict(plugin_args)
+    name = content["plugin"]
+    plugin_class = _nipype_plugin_class(name)
+    if plugin_class is None:
+        raise ValueError(f"{path}: Nipype has no plugin {name!r} (e.g. MultiProc, Linear, SLURM, "
+                         "SGE, PBS)")  # fmt: skip
+    from nipype.pipeline.plugins.base import GraphPluginBase
+
+    if issubclass(plugin_class, GraphPluginBase):
+        use = (f"'plugin: {_SYNCHRONOUS_SIBLING[name]}' (same plugin_args)"
+               if name in _SYNCHRONOUS_SIBLING else "a plugin such as SLURM, SGE or PBS")
+        raise ValueError(f"{path}: plugin {name!r} submits the jobs and returns before they run, "
+                         f"so qsmprep could not check their outputs or write the reports; use "
+                         f"{use}, which waits for the jobs")  # fmt: skip
+    return name, dict(plugin_args)
+
+
+#: The waiting plugin that takes the same arguments as each of Nipype's graph plugins.
+_SYNCHRONOUS_SIBLING = {"SLURMGraph": "SLURM", "SGEGraph": "SGE", "PBSGraph": "PBS",
+                        "CondorDAGMan": "Condor"}  # fmt: skip
+
+
+def _nipype_plugin_class(name: str):
+    """Nipype's plugin class for a ``plugin:`` name (``'SLURM'`` -> ``SLURMPlugin``), or None."""
+    from nipype.pipeline import plugins
+
+    plugin_class = getattr(plugins, f"{name}Plugin", None)
+    return plugin_class if isinstance(plugin_class, type) else None
 
 
 # -- method parameters (--bfr-param / --inversion-param) ----------------------------------------

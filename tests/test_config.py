@@ -138,6 +138,28 @@ def test_load_plugin_settings(tmp_path):
     path.write_text("plugin_args: {}\n")
     with pytest.raises(ValueError, match="plugin: <name>"):
         load_plugin_settings(path)
+    path.write_text("plugin: Slurm\n")
+    with pytest.raises(ValueError, match="Nipype has no plugin 'Slurm'"):
+        load_plugin_settings(path)
+
+
+@pytest.mark.parametrize(
+    ("graph", "sibling"),
+    [("SLURMGraph", "plugin: SLURM"), ("SGEGraph", "plugin: SGE"), ("PBSGraph", "plugin: PBS"),
+     ("CondorDAGMan", "plugin: Condor"), ("SomaFlow", "SLURM, SGE or PBS")],
+)
+def test_graph_plugins_are_refused_with_their_waiting_sibling(tmp_path, graph, sibling):
+    """Nipype's graph plugins return before their jobs run (seen with SLURMGraph on a Slurm
+    cluster: every acquisition was reported failed while the jobs went on writing outputs);
+    the plugins that wait for their jobs are accepted with the same arguments."""
+    path = tmp_path / "plugin.yml"
+    path.write_text(f"plugin: {graph}\nplugin_args:\n  sbatch_args: --mem=8G\n")
+    with pytest.raises(ValueError, match="returns before they run") as err:
+        load_plugin_settings(path)
+    assert sibling in str(err.value)
+    for waiting in ("SLURM", "SGE", "PBS", "Linear"):
+        path.write_text(f"plugin: {waiting}\nplugin_args:\n  sbatch_args: --mem=8G\n")
+        assert load_plugin_settings(path) == (waiting, {"sbatch_args": "--mem=8G"})
 
 
 def test_method_parameters_are_the_methods_own_arguments():

@@ -218,6 +218,7 @@ def run_participant(settings) -> int:
     """Run the participant level; return the process exit code."""
     from qsmprep.interfaces.bids import BIDSInputError, check_acquisition_advice
 
+    plugin, plugin_args = _plugin(settings)  # a bad --use-plugin file fails before any work
     try:
         acquisitions, refused = collect(settings)
     except BIDSInputError as exc:
@@ -269,7 +270,6 @@ def run_participant(settings) -> int:
     work_dir = Path(settings.work_dir or (out.parent / "work"))
     level = "INFO" if settings.verbose else "WARNING"
     _quiet_nipype_workers(work_dir, level)
-    plugin, plugin_args = _plugin(settings)
     ncfg.update_config({"execution": execution_config(plugin),
                         "logging": {"workflow_level": level, "interface_level": level,
                                     "utils_level": level},

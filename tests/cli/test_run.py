@@ -132,6 +132,16 @@ def test_the_run_uses_the_execution_config_of_its_plugin(make_bids, tmp_path, mo
     assert seen["poll"] == poll
 
 
+def test_a_graph_plugin_fails_in_one_line_before_any_output(make_bids, tmp_path, capsys):
+    plugin = tmp_path / "plugin.yml"
+    plugin.write_text("plugin: SLURMGraph\nplugin_args:\n  sbatch_args: --mem=8G\n")
+    rc = main([str(make_bids()), str(tmp_path / "out"), "participant", "--use-plugin",
+               str(plugin)])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0 and len(err) == 1 and "use 'plugin: SLURM'" in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
 def test_bidsignore_keeps_the_users_lines_and_adds_ours_once(tmp_path):
     from qsmprep.cli.run import BIDSIGNORE, write_dataset_description
 
