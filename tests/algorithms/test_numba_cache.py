@@ -59,3 +59,25 @@ def test_ensure_points_numba_and_child_processes_at_the_fallback(monkeypatch, tm
     monkeypatch.setattr(_numba_cache, "locator_classes", lambda: [_Fails])
     path = _numba_cache.ensure_writable_cache(_numba_cache.__file__)
     assert config.CACHE_DIR == path == os.environ["NUMBA_CACHE_DIR"]
+
+
+def test_a_read_only_shipped_cache_seeds_the_private_folder(monkeypatch, tmp_path):
+    """A container image's compiled kernels, in a NUMBA_CACHE_DIR the user cannot write to,
+    are copied into the private folder (numba would neither read nor write them there), even
+    where numba could compile into the user's own cache folder."""
+    shipped = tmp_path / "image-cache"
+    (shipped / "qsmprep_algorithms").mkdir(parents=True)
+    (shipped / "qsmprep_algorithms" / "k.nbi").write_bytes(b"index")
+    (shipped / "qsmprep_algorithms" / "k.1.nbc").write_bytes(b"code")
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(shipped))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(_numba_cache, "locator_classes", lambda: [_Finds])
+    # writable: numba's own folder serves, nothing is copied
+    assert _numba_cache.fallback_cache_dir(_numba_cache.__file__) is None
+    monkeypatch.setattr(_numba_cache, "_writable", lambda path: path != str(shipped))
+    path = _numba_cache.fallback_cache_dir(_numba_cache.__file__)
+    assert path == str(tmp_path / "tmp" / f"qsmprep-numba-{os.getuid()}")
+    copied = sorted(p.name for p in (tmp_path / "tmp").rglob("*") if p.is_file())
+    assert copied == ["k.1.nbc", "k.nbi"]
+    assert _numba_cache.seed_cache(str(shipped), path) == 0  # a second start copies nothing
