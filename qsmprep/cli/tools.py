@@ -146,9 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=sorted(INVERSION_METHODS) + sorted(SINGLE_STEP_METHODS),
                    help="inversion method (default: %(default)s)")  # fmt: skip
     p.add_argument(
-        "--field-units", default="ppm", choices=("ppm", "hz", "rad"),
-        help="unit of --field: ppm of B0 (default); hz (needs --b0-tesla); rad, the phase of "
-        "one echo, field = phase / (2 pi TE) Hz (needs --te-s and --b0-tesla)",
+        "--field-units", default=None, choices=("ppm", "hz", "rad"),
+        help="unit of --field: ppm of B0; hz (needs --b0-tesla); rad, the phase of one echo, "
+        "field = phase / (2 pi TE) Hz (needs --te-s and --b0-tesla) (default: the 'Units' of "
+        "the field's JSON sidecar, FIELD.json, when it has one, as qsmprep's field maps do "
+        "(Hz), with its MagneticFieldStrength and EchoTime; otherwise ppm)",
     )  # fmt: skip
     p.add_argument("--b0-tesla", type=float, metavar="T", help="field strength (T)")
     p.add_argument("--te-s", type=float, metavar="TE",
@@ -307,6 +309,8 @@ def _validate(args) -> None:
         stage = "inversion" if args.command == "invert" else "bfr"
         args.params = _method_params(stage, args.algorithm, args.param)
     if args.command == "invert":
+        if args.field_units is None:
+            _units_from_sidecar(args)
         if args.field_units in ("hz", "rad") and args.b0_tesla is None:
             raise _UsageError(f"--field-units {args.field_units} needs --b0-tesla")
         if args.field_units == "rad" and args.te_s is None:
@@ -404,6 +408,70 @@ def _voxel_size_mm(affine: np.ndarray) -> np.ndarray:
     return np.round(nifti.geometry(affine)[0], 5)
 
 
+def sidecar_path(path: str) -> Path:
+    """The BIDS JSON sidecar beside a NIfTI file: ``X.nii.gz`` -> ``X.json``."""
+    name = Path(path).name
+    for suffix in _NIFTI_SUFFIXES:
+        if name.endswith(suffix):
+            return Path(path).with_name(name[: -len(suffix)] + ".json")
+    return Path(path).with_suffix(".json")
+
+
+_SIDECAR_UNITS = {"ppm": "ppm", "hz": "hz", "rad": "rad"}
+
+
+def _units_from_sidecar(args) -> None:
+    """Set ``args.field_units`` (and ``b0_tesla``/``te_s`` where not given) from the field's
+    JSON sidecar, or ppm (the documented default) when it has none; a note says so."""
+    import json
+
+    sidecar = sidecar_path(args.field)
+    meta = {}
+    if sidecar.is_file():
+        try:
+            meta = json.loads(sidecar.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise _UsageError(f"{sidecar}: not a readable JSON sidecar ({exc}); fix it or "
+                              "give --field-units") from None  # fmt: skip
+    units = meta.get("Units") if isinstance(meta, dict) else None
+    if units is None:
+        args.field_units = "ppm"
+        return
+    if str(units).lower() not in _SIDECAR_UNITS:
+        raise _UsageError(f"{sidecar}: Units {units!r} is not ppm, Hz or rad; give --field-units")
+    args.field_units = _SIDECAR_UNITS[str(units).lower()]
+    used = ["Units"]
+    b0 = meta.get("MagneticFieldStrength")
+    if args.field_units != "ppm" and args.b0_tesla is None and isinstance(b0, (int, float)):
+        args.b0_tesla, _ = float(b0), used.append("MagneticFieldStrength")
+    te = meta.get("EchoTime")
+    if args.field_units == "rad" and args.te_s is None and isinstance(te, (int, float)):
+        args.te_s, _ = float(te), used.append("EchoTime")
+    print(f"{PROG}: note: reading {args.field} in {units}"
+          + (f" at {args.b0_tesla:g} T" if args.b0_tesla and args.field_units != "ppm" else "")
+          + f", from {sidecar.name} ({', '.join(used)}); --field-units overrides it",
+          file=sys.stderr)  # fmt: skip
+
+
+#: Above these robust amplitudes (ppm) a field is more likely in Hz or rad than in ppm: tissue
+#: local fields stay within about +-1 ppm, total fields (with the background) within about
+#: +-20 ppm even beside the sinuses.
+_IMPLAUSIBLE_PPM = {"local": 3.0, "total": 30.0}
+
+
+def _note_implausible_ppm(field: np.ndarray, mask: np.ndarray, path: str, kind: str) -> None:
+    """A note on stderr when a field read as ppm has an amplitude no field in ppm has."""
+    values = field[mask]
+    if values.size == 0:
+        return
+    amplitude = float(np.percentile(np.abs(values - np.median(values)), 99))
+    if amplitude > _IMPLAUSIBLE_PPM[kind]:
+        print(f"{PROG}: note: {path}: read as ppm, the {kind} field reaches {amplitude:.3g} ppm "
+              f"(99th percentile of |field - median| in the mask), beyond the "
+              f"+-{_IMPLAUSIBLE_PPM[kind]:g} ppm of a {kind} field; if it is in Hz or rad, "
+              "give --field-units (with --b0-tesla)", file=sys.stderr)  # fmt: skip
+
+
 def _note_skew(affine: np.ndarray, path: str) -> None:
     """A note on stderr when ``path``'s affine is sheared (see ``check_acquisition_advice``)."""
     from qsmprep.algorithms.kernels import axis_skew_degrees, sheared_affine_note
@@ -471,6 +539,9 @@ def _run_invert(args) -> None:
         field = field / (2.0 * np.pi * args.te_s)  # phase of one echo -> Hz
     if args.field_units in ("hz", "rad"):
         field = constants.hz_to_ppm(field, b0_tesla=args.b0_tesla)
+    else:
+        kind = "total" if args.algorithm in SINGLE_STEP_METHODS else "local"
+        _note_implausible_ppm(field, mask, args.field, kind)
     params = dict(args.params)
     if args.algorithm in USES_MAGNITUDE and args.b0_tesla and args.te_s:  # as the pipeline
         params["phase_scale_rad_per_ppm"] = constants.phase_rad_per_ppm(
@@ -556,7 +627,7 @@ def _load_magnitude_stack(paths, shape, affine, ref) -> np.ndarray:
 
 def _check_echo_count(te_s, n_echoes: int, ref: str) -> None:
     if len(te_s) != n_echoes:
-        raise ValueError(f"{ref}: {n_echoes} echo(es) but {len(te_s)} --te-s value(s)")
+        raise _UsageError(f"{ref}: {n_echoes} echo(es) but {len(te_s)} --te-s value(s)")
 
 
 def _run_mask(args) -> None:
@@ -715,6 +786,8 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 0
     try:
         _COMMANDS[args.command](args)
+    except _UsageError as exc:  # found once the inputs are read (e.g. echoes vs --te-s)
+        return _fail(str(exc), 2)
     except (ValueError, OSError) as exc:
         return _fail(f"{args.command}: {exc}", 1)
     return 0

@@ -129,6 +129,42 @@ def test_field_units_give_the_same_chi(case, tmp_path, units):
     np.testing.assert_allclose(nifti.load(out)[0], chi_ref, atol=1e-4 * np.abs(chi_ref).max())
 
 
+def test_a_sidecars_units_are_read_and_a_hz_field_read_as_ppm_is_flagged(case, tmp_path,
+                                                                           capsys):  # fmt: skip
+    """qsmprep writes its field maps in Hz with a sidecar saying so: without --field-units
+    the tool reads it in Hz at the sidecar's field strength (and says so). Without a sidecar
+    the documented default, ppm, stands, and a note flags an amplitude no field in ppm has."""
+    import json
+    import shutil
+
+    common = ["--mask", case["mask"], "--algorithm", "tkd"]
+    ref = tmp_path / "chi_ref.nii.gz"
+    assert main(["invert", "--field", case["local"], *common, "-o", str(ref)]) == 0
+    assert capsys.readouterr().err == ""  # a plausible ppm field: no note
+    field = tmp_path / "sub-01_desc-local_fieldmap.nii.gz"
+    shutil.copy(case["local_hz"], field)
+    no_sidecar = tmp_path / "chi_as_ppm.nii.gz"
+    assert main(["invert", "--field", str(field), *common, "-o", str(no_sidecar)]) == 0
+    assert "read as ppm" in capsys.readouterr().err
+    chi_ref = nifti.load(ref)[0]
+    assert np.abs(nifti.load(no_sidecar)[0]).max() > 50 * np.abs(chi_ref).max()  # 127.7x
+    field.with_name(field.name.replace(".nii.gz", ".json")).write_text(
+        json.dumps({"Units": "Hz", "MagneticFieldStrength": B0_T}))  # fmt: skip
+    out = tmp_path / "chi_sidecar.nii.gz"
+    assert main(["invert", "--field", str(field), *common, "-o", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "in Hz at 3 T, from sub-01_desc-local_fieldmap.json" in err and "read as ppm" not in err
+    np.testing.assert_allclose(nifti.load(out)[0], chi_ref, atol=1e-4 * np.abs(chi_ref).max())
+    # an explicit --field-units wins over the sidecar
+    assert main(["invert", "--field", str(field), *common, "-o", str(out),
+                 "--field-units", "ppm"]) == 0  # fmt: skip
+    np.testing.assert_allclose(nifti.load(out)[0], nifti.load(no_sidecar)[0], rtol=1e-6)
+    assert "read as ppm" in capsys.readouterr().err
+    field.with_name(field.name.replace(".nii.gz", ".json")).write_text('{"Units": "ppb"}')
+    assert main(["invert", "--field", str(field), *common, "-o", str(out)]) == 2
+    assert "Units 'ppb' is not ppm, Hz or rad" in _one_error_line(capsys)
+
+
 def _one_error_line(capsys) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
@@ -257,6 +293,15 @@ def test_combine_gives_total_field_hz_and_unwrap_gives_radians(case, gre, tmp_pa
     turns = (unwrapped - wrapped)[brain] / (2 * np.pi)
     np.testing.assert_allclose(turns, np.round(turns), atol=1e-3)  # congruent with the input
     assert np.all(unwrapped[~brain] == 0)
+
+
+def test_echo_times_that_do_not_match_the_echoes_are_a_usage_error(case, gre, tmp_path,
+                                                                   capsys):  # fmt: skip
+    out = tmp_path / "field_hz.nii.gz"
+    rc = main(["combine", "--phase", *gre["phase"], "--te-s", *map(str, TES_S[:2]),
+               "--mask", case["mask"], "-o", str(out)])  # fmt: skip
+    assert rc == 2 and "3 echo(es) but 2 --te-s value(s)" in _one_error_line(capsys)
+    assert not out.exists()
 
 
 def test_stage_tools_undo_a_spurious_phase_scaling(case, gre, tmp_path, capsys):
