@@ -382,7 +382,7 @@ def test_r2star_recovers_white_matter_and_t2star(r2s_case, tmp_path):
 
 @pytest.mark.parametrize(
     ("tes", "code", "needle"),
-    [(("5", "10", "15", "20"), 2, "seconds"), (("0.005", "0.010"), 1, "--te-s")],
+    [(("5", "10", "15", "20"), 2, "seconds"), (("0.005", "0.010"), 2, "--te-s")],
 )
 def test_r2star_bad_echo_times_one_line(r2s_case, tmp_path, capsys, tes, code, needle):
     out = tmp_path / "r2s.nii.gz"
