@@ -159,6 +159,9 @@ def read_regional_table(path) -> pd.DataFrame:
                     f"{path}: column {column!r} disagrees with the file name ({label})"
                 )
             table = table.drop(columns=column)
+    for column in ("label", "n_voxels", "n_core_voxels"):  # counts stay integers beside n/a
+        if column in table.columns and pd.api.types.is_numeric_dtype(table[column]):
+            table[column] = table[column].astype("Int64")
     table.insert(0, "hemisphere", table.pop("hemisphere"))
     table.insert(0, "region", table.pop("region"))
     for position, (column, label) in enumerate(entities.items()):

@@ -104,6 +104,14 @@ def _label(prefix: str) -> Callable[[str], str]:
 
 
 # -- parser -------------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are one line (argparse's own also prints the whole usage
+    block, 20+ lines here, above the line that says what is wrong)."""
+
+    def error(self, message: str):  # noqa: D102 (argparse API)
+        self.exit(2, f"{self.prog}: error: {message} ('{self.prog} --help' lists the options)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the qsmprep command-line parser.
 
@@ -115,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     -------
     argparse.ArgumentParser
     """
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="qsmprep",
         description=(
             "qsmprep: quantitative susceptibility mapping (QSM) from multi-echo gradient-echo "
@@ -358,7 +366,8 @@ def _add_region_options(parser: argparse.ArgumentParser) -> None:
         "--reference",
         dest="reference",
         metavar="REGION",
-        help="susceptibility reference: 'brain' subtracts the mean over the brain mask, 'csf' "
+        help="susceptibility reference: 'brain' subtracts the mean over the QSM mask (the "
+        "brain mask where the Chimap is valid, _desc-qsm_mask), 'csf' "
         "the mean of the atlas's lateral ventricles, any atlas region name (e.g. "
         "white_matter; both hemispheres) its mean, 'none' keeps the inversion's own offset "
         f"(default: {_DEFAULTS['reference']}; choices: {', '.join(REFERENCE_CHOICES)} or a "

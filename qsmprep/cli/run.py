@@ -19,8 +19,8 @@ def _fail(msg: str, code: int = 1) -> int:
 
 #: Outputs outside BIDS (logs, SWI, the reports and their figures, the group level's cohort
 #: tables), for ``.bidsignore``.
-BIDSIGNORE = ("**/log/", "logs/", "*_swi.nii.gz", "*_minIP.nii.gz", "**/figures/", "sub-*.html",
-              "group/")  # fmt: skip
+BIDSIGNORE = ("**/log/", "logs/", "*_swi.nii.gz", "*_swi.json", "*_minIP.nii.gz", "*_minIP.json",
+              "**/figures/", "sub-*.html", "group/")  # fmt: skip
 
 
 def write_dataset_description(output_dir: Path) -> Path:

@@ -45,6 +45,8 @@ class AcquisitionSection:
     qc: AcquisitionQC | None = None
     error: str | None = None
     methods: str = ""
+    #: every file the run wrote for the acquisition (sidecars aside); default: the QC's files
+    outputs: list[Path] = field(default_factory=list)
 
 
 def _e(text) -> str:
@@ -103,7 +105,7 @@ def _section(section: AcquisitionSection, out: Path) -> str:
                       f"<pre>{_e(json.dumps(qc.metadata['Parameters'], indent=2))}</pre>"]
         parts.append("<h3>Outputs</h3><ul>" + "".join(
             f'<li><a href="{_e(_relative(p, out))}">{_e(p.name)}</a></li>'
-            for p in sorted(qc.files.values())) + "</ul>")  # fmt: skip
+            for p in sorted(section.outputs or qc.files.values())) + "</ul>")  # fmt: skip
     if section.methods:
         paragraphs = "".join(f"<p>{_e(p)}</p>" for p in section.methods.split("\n\n") if p.strip())
         parts += ['<h3>Methods</h3><div class="methods">', paragraphs, "</div>"]

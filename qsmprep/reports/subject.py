@@ -51,7 +51,7 @@ def acquisition_summary(acq, metadata: dict, *, phase_sign: int,
 
 def _section(acq, out: Path, *, error: str | None, methods: str, phase_sign: int,
              t1w_used: bool):  # fmt: skip
-    from qsmprep.interfaces.bids import check_acquisition_advice
+    from qsmprep.interfaces.bids import check_acquisition_advice, files_of
     from qsmprep.reports.html import AcquisitionSection
     from qsmprep.reports.qc import acquisition_qc, find_derivatives
 
@@ -67,6 +67,8 @@ def _section(acq, out: Path, *, error: str | None, methods: str, phase_sign: int
         except Exception as exc:  # QC must never fail a finished acquisition
             LOGGER.warning("%s: QC figures could not be drawn: %s", acq.name, exc)
             section.warnings.append(f"QC figures could not be drawn: {exc}")
+        section.outputs = [p for p in files_of(anat_dir(out, acq), acq.name)
+                           if not p.name.endswith(".json")]  # fmt: skip
     metadata = section.qc.metadata if section.qc else {}
     section.summary = acquisition_summary(acq, metadata, phase_sign=phase_sign,
                                           t1w_used=t1w_used)  # fmt: skip

@@ -62,7 +62,8 @@ METHOD_DOIS = {
     "single-step-tv": "doi:10.1002/nbm.3570",
 }
 REFERENCE_DESC = {
-    "brain": "the mean susceptibility of the whole brain mask",
+    "brain": "the mean susceptibility over the QSM mask (the brain mask where the map is "
+    "valid)",
     "csf": "the mean susceptibility of the lateral ventricles (atlas labels in native space)",
     "none": "no region",
 }

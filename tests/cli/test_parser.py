@@ -27,7 +27,9 @@ def _exit_2(argv, capsys) -> str:
     with pytest.raises(SystemExit) as exc:
         parse_args(argv)
     assert exc.value.code == 2
-    return capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err  # one line, no usage block
+    return err
 
 
 def test_minimal_command_line_gives_defaults(dirs):

@@ -79,6 +79,8 @@ def test_example_outputs_on_input_grid_and_accurate(example_run, sub):
     report = parse_report(out / f"sub-{sub}.html")
     assert len(report.src) == 7 and all((out / src).exists() for src in report.src)
     assert all((out / href).exists() for href in report.href if not href.startswith("#"))
+    written = {p.name for p in (out / f"sub-{sub}/anat").iterdir() if p.suffix != ".json"}
+    assert written <= {Path(href).name for href in report.href}  # links to every output
     chi, aff = _load(out / f"sub-{sub}/anat/sub-{sub}_Chimap.nii.gz")
     raw = nb.load(str(next(EXAMPLE.glob(f"sub-{sub}/anat/*echo-1_part-phase_MEGRE.nii.gz"))))
     assert chi.shape == raw.shape and np.allclose(aff, raw.affine)
