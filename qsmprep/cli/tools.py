@@ -417,9 +417,6 @@ def sidecar_path(path: str) -> Path:
     return Path(path).with_suffix(".json")
 
 
-_SIDECAR_UNITS = {"ppm": "ppm", "hz": "hz", "rad": "rad"}
-
-
 def _units_from_sidecar(args) -> None:
     """Set ``args.field_units`` (and ``b0_tesla``/``te_s`` where not given) from the field's
     JSON sidecar, or ppm (the documented default) when it has none; a note says so."""
@@ -437,16 +434,18 @@ def _units_from_sidecar(args) -> None:
     if units is None:
         args.field_units = "ppm"
         return
-    if str(units).lower() not in _SIDECAR_UNITS:
+    args.field_units = str(units).lower()
+    if args.field_units not in ("ppm", "hz", "rad"):
         raise _UsageError(f"{sidecar}: Units {units!r} is not ppm, Hz or rad; give --field-units")
-    args.field_units = _SIDECAR_UNITS[str(units).lower()]
     used = ["Units"]
     b0 = meta.get("MagneticFieldStrength")
     if args.field_units != "ppm" and args.b0_tesla is None and isinstance(b0, (int, float)):
-        args.b0_tesla, _ = float(b0), used.append("MagneticFieldStrength")
+        args.b0_tesla = float(b0)
+        used.append("MagneticFieldStrength")
     te = meta.get("EchoTime")
     if args.field_units == "rad" and args.te_s is None and isinstance(te, (int, float)):
-        args.te_s, _ = float(te), used.append("EchoTime")
+        args.te_s = float(te)
+        used.append("EchoTime")
     print(f"{PROG}: note: reading {args.field} in {units}"
           + (f" at {args.b0_tesla:g} T" if args.b0_tesla and args.field_units != "ppm" else "")
           + f", from {sidecar.name} ({', '.join(used)}); --field-units overrides it",
