@@ -108,3 +108,57 @@ def pick_phase_values(
         f"phase spans only {span:.3g} after the header scaling, too little for a wrapped "
         "phase image; check the file's scl_slope/scl_inter or the sidecar 'Units'"
     )
+
+
+# -- real and imaginary parts -------------------------------------------------------------------
+def complex_to_polar(real: np.ndarray, imag: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Magnitude and phase (rad, ``[-pi, pi]``) of an image stored as real and imaginary parts.
+
+    ``magnitude = sqrt(re^2 + im^2)``, ``phase = atan2(im, re)`` (BIDS ``part-real`` /
+    ``part-imag``, as GE scanners commonly export). Both are independent of any common scaling
+    of the two parts, so the parts' integer range needs no detection. Non-finite values
+    become 0. Returns float32 arrays.
+    """
+    re = np.asarray(real, dtype=np.float64)
+    im = np.asarray(imag, dtype=np.float64)
+    if re.shape != im.shape:
+        raise ValueError(f"real part {re.shape} and imaginary part {im.shape} differ in shape")
+    bad = ~(np.isfinite(re) & np.isfinite(im))
+    re, im = np.where(bad, 0.0, re), np.where(bad, 0.0, im)
+    return np.hypot(re, im).astype(np.float32), np.arctan2(im, re).astype(np.float32)
+
+
+#: Below this mean correlation between neighbouring slices the complex image alternates sign
+#: slice by slice (a smooth image gives about +1 there; chopped, about -1).
+CHOPPING_CORRELATION = -0.5
+
+
+def slice_chopping_axes(signal: np.ndarray) -> list[int]:
+    """Voxel axes along which a complex image flips sign from one slice to the next.
+
+    Some 3-D reconstructions (notably GE's, in the slice direction) leave a factor
+    ``(-1)^k`` on slice ``k``: the phase jumps by pi between neighbouring slices, which no
+    unwrapping can explain. Such an axis is recognised by the normalised correlation of
+    neighbouring slices, ``Re(sum s[k+1] conj(s[k])) / sum |s[k+1]| |s[k]|``, below
+    :data:`CHOPPING_CORRELATION` (-0.5): about +1 for a smooth image, -1 when chopped.
+    ``signal`` is complex (3-D, or 4-D with echoes last: all echoes are pooled).
+    """
+    s = np.asarray(signal)
+    axes = []
+    for axis in range(3):
+        a = np.moveaxis(s, axis, 0)
+        prod = a[1:] * np.conj(a[:-1])
+        norm = float(np.sum(np.abs(a[1:]) * np.abs(a[:-1])))
+        if norm > 0 and float(np.sum(prod.real)) / norm < CHOPPING_CORRELATION:
+            axes.append(axis)
+    return axes
+
+
+def undo_slice_chopping(signal: np.ndarray, axes) -> np.ndarray:
+    """``signal`` with every odd slice along each of ``axes`` multiplied by -1."""
+    out = np.array(signal, copy=True)
+    for axis in axes:
+        index = [slice(None)] * out.ndim
+        index[axis] = slice(1, None, 2)
+        out[tuple(index)] *= -1
+    return out

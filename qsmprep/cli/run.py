@@ -55,10 +55,11 @@ def describe_plan(settings, acquisitions) -> str:
     lines = [f"qsmprep would process {len(acquisitions)} acquisition(s) from {settings.bids_dir}:"]
     for acq in acquisitions:
         tes = ", ".join(f"{t * 1e3:.2f}" for t in acq.echo_times_s)
-        mag = f"{len(acq.magnitude_files)} magnitude" if acq.magnitude_files else "phase-only"
+        mag = (("real/imaginary parts" if acq.from_complex_parts else "magnitude")
+               if acq.has_magnitude else "phase-only")
         b0 = f"{acq.b0_tesla:g} T" + (" (from --b0-tesla)" if acq.b0_from_cli else "")
         t1w = f", T1w {Path(acq.t1w_file).name}" if acq.t1w_file and settings.use_t1w else ""
-        lines.append(f"  {acq.name}: {len(acq.phase_files)} echo(es) TE=[{tes}] ms, {mag}, "
+        lines.append(f"  {acq.name}: {acq.n_echoes} echo(es) TE=[{tes}] ms, {mag}, "
                      f"{b0}{t1w}")  # fmt: skip
     lines.append("stages:")
     lines.append(
@@ -161,7 +162,7 @@ def _cleanup_failed(settings, acquisitions, regions=None) -> list[str]:
     for acq in acquisitions:
         anat = anat_dir(Path(settings.output_dir), acq)
         expected = [f"{acq.name}_Chimap.nii.gz"]
-        if regions and acq.magnitude_files:
+        if regions and acq.has_magnitude:
             expected.append(f"{acq.name}_seg-{regions['atlas_name']}_desc-regions_stats.tsv")
         if not all((anat / name).exists() for name in expected):
             failed.append(acq.name)
@@ -169,6 +170,29 @@ def _cleanup_failed(settings, acquisitions, regions=None) -> list[str]:
             for f in [*files_of(anat, acq.name), *files_of(figures, acq.name)]:
                 f.unlink()
     return failed
+
+
+def _polar_inputs(acquisitions, folder: Path, refused: dict, errors: list) -> list:
+    """Acquisitions stored as real and imaginary parts get the phase and magnitude computed
+    from them (:func:`~qsmprep.interfaces.complex_parts.polar_acquisition`); one that cannot
+    be read is refused with one line, and the others go on."""
+    from qsmprep.interfaces.complex_parts import polar_acquisition
+    from qsmprep.interfaces.nifti import NiftiInputError
+
+    kept = []
+    for acq in acquisitions:
+        try:
+            converted = polar_acquisition(acq, folder)
+        except (NiftiInputError, ValueError, OSError) as exc:
+            message = f"{acq.name}: {str(exc).splitlines()[0]}"
+            print(f"qsmprep: error: {message}", file=sys.stderr)
+            errors.append(message)
+            refused.setdefault(acq.subject, message)
+            continue
+        for note in converted.notes[len(acq.notes):]:
+            LOGGER.warning("%s: %s", acq.name, note)
+        kept.append(converted)
+    return kept
 
 
 def _with_user_masks(mask_dir, acquisitions, errors: list) -> list:
@@ -249,7 +273,7 @@ def run_participant(settings) -> int:
         return _fail(str(exc).splitlines()[0])
     if regions:
         for acq in acquisitions:
-            if not acq.magnitude_files:
+            if not acq.has_magnitude:
                 if settings.reference not in ("brain", "none"):
                     return _fail(f"{acq.name}: --reference {settings.reference} needs "
                                  "magnitude images (for the registration); it has none")
@@ -266,8 +290,11 @@ def run_participant(settings) -> int:
     from qsmprep.workflows.base import init_qsmprep_wf
 
     out = Path(settings.output_dir)
-    write_dataset_description(out)
     work_dir = Path(settings.work_dir or (out.parent / "work"))
+    acquisitions = _polar_inputs(acquisitions, work_dir / "complex_parts", refused, errors)
+    if not acquisitions:
+        return _fail("no acquisition could be processed")
+    write_dataset_description(out)
     level = "INFO" if settings.verbose else "WARNING"
     _quiet_nipype_workers(work_dir, level)
     ncfg.update_config({"execution": execution_config(plugin),

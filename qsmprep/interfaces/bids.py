@@ -93,6 +93,14 @@ class Acquisition:
     axis_skew_deg : float
         Largest departure of the voxel axes from perpendicular, in degrees
         (:func:`qsmprep.algorithms.kernels.axis_skew_degrees`); 0 for scanner data.
+    real_files, imag_files : tuple of str
+        For data stored as real and imaginary parts (``part-real``/``part-imag``), the raw
+        files in echo order. ``phase_files`` and ``magnitude_files`` are then empty until
+        :func:`qsmprep.interfaces.complex_parts.polar_acquisition` has written the phase and
+        magnitude computed from them.
+    notes : tuple of str
+        What the input conversion changed (e.g. slice chopping undone), reported with the
+        acquisition's warnings.
     """
 
     subject: str
@@ -100,7 +108,7 @@ class Acquisition:
     acq: str | None = None
     run: str | None = None
     suffix: str = "MEGRE"
-    phase_files: tuple[str, ...]
+    phase_files: tuple[str, ...] = ()
     magnitude_files: tuple[str, ...] = ()
     echo_times_s: tuple[float, ...]
     b0_tesla: float
@@ -110,15 +118,25 @@ class Acquisition:
     voxel_size_mm: tuple[float, ...] | None = None
     t1w_file: str | None = None
     axis_skew_deg: float = 0.0
+    real_files: tuple[str, ...] = ()
+    imag_files: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.suffix not in SUFFIXES:
             raise ValueError(f"suffix must be one of {', '.join(SUFFIXES)}; got {self.suffix!r}")
-        if not self.phase_files or len(self.phase_files) != len(self.echo_times_s):
+        if len(self.real_files) != len(self.imag_files):
+            raise ValueError(f"{self.name}: {len(self.real_files)} real part file(s) for "
+                             f"{len(self.imag_files)} imaginary part file(s)")  # fmt: skip
+        phase_like = self.phase_files or self.real_files
+        if not phase_like or len(phase_like) != len(self.echo_times_s):
             raise ValueError(
-                f"{self.name}: {len(self.phase_files)} phase file(s) for "
+                f"{self.name}: {len(phase_like)} phase file(s) for "
                 f"{len(self.echo_times_s)} echo time(s)"
             )
+        if self.phase_files and self.real_files and len(self.phase_files) != len(self.real_files):
+            raise ValueError(f"{self.name}: {len(self.phase_files)} phase file(s) for "
+                             f"{len(self.real_files)} real part file(s)")  # fmt: skip
         if self.magnitude_files and len(self.magnitude_files) != len(self.phase_files):
             raise ValueError(
                 f"{self.name}: {len(self.magnitude_files)} magnitude file(s) for "
@@ -149,8 +167,21 @@ class Acquisition:
 
     @property
     def has_magnitude(self) -> bool:
-        """Whether magnitude images are available."""
-        return bool(self.magnitude_files)
+        """Whether magnitude images are available (or computable from complex parts)."""
+        return bool(self.magnitude_files or self.real_files)
+
+    @property
+    def from_complex_parts(self) -> bool:
+        """Whether the raw data are real and imaginary parts (``part-real``/``part-imag``)."""
+        return bool(self.real_files)
+
+    @property
+    def raw_files(self) -> tuple[str, ...]:
+        """The raw BIDS files of the acquisition: real and imaginary parts, or phase and
+        magnitude (what the derivatives' ``Sources`` name)."""
+        if self.real_files:
+            return self.real_files + self.imag_files
+        return self.phase_files + self.magnitude_files
 
 
 # -- dataset-level checks -----------------------------------------------------------------------
@@ -228,7 +259,8 @@ def _available_subjects(root: Path) -> list[str]:
 
 def _subjects_with_phase(root: Path) -> list[str]:
     found = set()
-    for pattern in ("sub-*/anat/*_part-phase_*", "sub-*/ses-*/anat/*_part-phase_*"):
+    for pattern in ("sub-*/anat/*_part-phase_*", "sub-*/ses-*/anat/*_part-phase_*",
+                    "sub-*/anat/*_part-real_*", "sub-*/ses-*/anat/*_part-real_*"):
         for path in root.glob(pattern):
             if any(path.name.endswith(f"_{s}{e}") for s in SUFFIXES for e in _NIFTI_EXTENSIONS):
                 found.add(path.relative_to(root).parts[0][4:])
@@ -403,20 +435,29 @@ def _check_unique_echo_times(echo_times_s: list[float], paths: list[str], root: 
 
 
 def _pair_magnitudes(
-    phases: dict[str | None, Any], mags: list[Any], suffix: str, root: Path
-) -> dict[str | None, Any]:
-    if not mags:
+    phases: dict[str | None, Any], mags: list[Any], suffix: str, root: Path,
+    parts: tuple[str, str] = ("phase", "mag"),
+) -> dict[str | None, Any]:  # fmt: skip
+    """The second part's image of each echo of the first (``parts``: phase and optional
+    magnitude, or real and its required imaginary part)."""
+    first, second = parts
+    if not mags and second == "mag":
         return {}
-    by_echo = _by_echo(mags, suffix, root)
+    by_echo = _by_echo(mags, suffix, root) if mags else {}
     if len(by_echo) != len(phases):
-        first = _rel(next(iter(phases.values())).path, root)
+        shown = _rel(next(iter(phases.values())).path, root)
+        need = "" if second == "imag" else ", or none"
+        words = {"phase": "phase", "mag": "magnitude", "real": "real part",
+                 "imag": "imaginary part"}  # fmt: skip
         raise BIDSInputError(
-            f"{len(by_echo)} magnitude image(s) for {len(phases)} phase image(s) "
-            f"next to {first} (need one part-mag per part-phase echo, or none)"
+            f"{len(by_echo)} {words[second]} image(s) for {len(phases)} {words[first]} "
+            f"image(s) next to {shown} (need one part-{second} per part-{first} echo{need})"
         )
     for echo, phase in phases.items():
         if echo not in by_echo:
-            raise BIDSInputError(f"no part-mag image with the echo of {_rel(phase.path, root)}")
+            raise BIDSInputError(
+                f"no part-{second} image with the echo of {_rel(phase.path, root)}"
+            )
     return by_echo
 
 
@@ -498,9 +539,12 @@ def _build_acquisition(
     mag_files: list[Any],
     b0_tesla: float | None,
     root: Path,
+    parts: tuple[str, str] = ("phase", "mag"),
 ) -> Acquisition:
+    """One acquisition from its phase and magnitude files, or (``parts=("real", "imag")``)
+    from its real and imaginary parts."""
     phases = _by_echo(phase_files, suffix, root)
-    mags = _pair_magnitudes(phases, mag_files, suffix, root)
+    mags = _pair_magnitudes(phases, mag_files, suffix, root, parts)
     echoes = list(phases)
     paths = [phases[echo].path for echo in echoes]
     metadata = [layout.get_metadata(path) for path in paths]
@@ -515,12 +559,16 @@ def _build_acquisition(
     shape, zooms, skew = _check_grids(paths + mag_paths, root)
     b0, from_cli = _field_strength(metadata[0], paths[0], b0_tesla, root)
     subject, session, acq, run = key
+    if parts == ("real", "imag"):
+        files = {"real_files": tuple(paths), "imag_files": tuple(mag_paths), "phase_files": (),
+                 "magnitude_files": (), "phase_units": "rad"}  # fmt: skip
+    else:
+        files = {"phase_files": tuple(paths), "magnitude_files": tuple(mag_paths),
+                 "phase_units": _phase_units(metadata, paths, root)}  # fmt: skip
     return Acquisition(
         subject=subject, session=session, acq=acq, run=run, suffix=suffix,
-        phase_files=tuple(paths), magnitude_files=tuple(mag_paths),
-        echo_times_s=tuple(times), b0_tesla=b0, b0_from_cli=from_cli,
-        phase_units=_phase_units(metadata, paths, root), shape=shape, voxel_size_mm=zooms,
-        axis_skew_deg=skew,
+        echo_times_s=tuple(times), b0_tesla=b0, b0_from_cli=from_cli, shape=shape,
+        voxel_size_mm=zooms, axis_skew_deg=skew, **files,
     )  # fmt: skip
 
 
@@ -547,7 +595,7 @@ def _check_selection(
     if not acquisitions:
         raise BIDSInputError(
             f"no MEGRE or T2starw phase images (anat/*_part-phase_MEGRE.nii[.gz] or "
-            f"*_part-phase_T2starw.nii[.gz]) found in {root}{asked}"
+            f"*_part-phase_T2starw.nii[.gz], or part-real with part-imag) found in {root}{asked}"
         )
     found_subjects = {acq.subject for acq in acquisitions}
     lacking = [label for label in subjects if label not in found_subjects]
@@ -622,6 +670,17 @@ def collect_acquisitions(
             acquisitions.append(
                 _build_acquisition(layout, key, suffix, files, mags.get(key, []), b0_tesla, root)
             )
+        # real and imaginary parts (GE's usual export), where the acquisition has no phase
+        reals = _group(layout.get(part="real", **query))
+        imags = _group(layout.get(part="imag", **query))
+        for key in sorted(set(imags) - set(reals) - set(phases), key=str):
+            raise BIDSInputError(f"{_rel(imags[key][0].path, root)} has no part-real image "
+                                 "beside it (real and imaginary parts go together)")  # fmt: skip
+        for key, files in reals.items():
+            if key not in phases:
+                acquisitions.append(_build_acquisition(layout, key, suffix, files,
+                                                       imags.get(key, []), b0_tesla, root,
+                                                       parts=("real", "imag")))  # fmt: skip
     _check_selection(root, acquisitions, subjects, sessions, bids_filter)
     acquisitions = [dataclasses.replace(a, t1w_file=find_t1w(a)) for a in acquisitions]
     return sorted(acquisitions, key=_sort_key)
@@ -633,7 +692,7 @@ def find_t1w(acq: Acquisition) -> str | None:
     Several T1w images: the first by name that has neither ``ce-`` (contrast agent) nor
     ``rec-`` (a reconstruction variant) entities, else the first by name.
     """
-    folder = Path(acq.phase_files[0]).parent
+    folder = Path(acq.raw_files[0]).parent
     prefix = f"sub-{acq.subject}" + (f"_ses-{acq.session}" if acq.session else "")
     found = sorted(p for p in folder.glob(f"{prefix}_*T1w.nii*")
                    if p.name.endswith(("_T1w.nii", "_T1w.nii.gz"))
@@ -662,12 +721,13 @@ def check_acquisition_advice(acq: Acquisition) -> list[str]:
     if (
         acq.suffix == "MEGRE"
         and acq.n_echoes == 1
-        and "_echo-" not in Path(acq.phase_files[0]).name
+        and "_echo-" not in Path(acq.raw_files[0]).name
     ):
         warnings.append(
             "the MEGRE phase image has no echo-<index> entity, which BIDS requires; "
             "read as a single echo"
         )
+    warnings.extend(acq.notes)
     from qsmprep.algorithms.kernels import sheared_affine_note
 
     sheared = sheared_affine_note(acq.axis_skew_deg)

@@ -20,6 +20,8 @@ def anat_dir(out: Path, acq) -> Path:
 def _phase_scaling(acq) -> str:
     from qsmprep.reports.qc import phase_scaling_note
 
+    if acq.from_complex_parts:
+        return "computed from the real and imaginary parts: atan2(imag, real), radians"
     try:
         return phase_scaling_note(acq.phase_files, acq.phase_units)
     except (ValueError, OSError) as exc:  # the run has said why it could not read them
@@ -32,11 +34,13 @@ def acquisition_summary(acq, metadata: dict, *, phase_sign: int,
     sidecar, empty when it did not finish)."""
     rows = [
         ("data", f"{acq.suffix}, {acq.n_echoes} echo(es), "
-                 + ("phase + magnitude" if acq.magnitude_files else "phase only")),
+                 + ("real + imaginary parts" if acq.from_complex_parts
+                    else "phase + magnitude" if acq.magnitude_files else "phase only")),
         ("echo times (ms)", ", ".join(f"{t * 1e3:.2f}" for t in acq.echo_times_s)),
         ("field strength (T)", f"{acq.b0_tesla:g}"
                                + (" (from --b0-tesla)" if acq.b0_from_cli else " (sidecar)")),
-        ("phase units (sidecar)", acq.phase_units or "not given (range detected)"),
+        ("phase units (sidecar)", "rad (computed)" if acq.from_complex_parts
+         else acq.phase_units or "not given (range detected)"),
         ("phase scaling", _phase_scaling(acq)),
         ("phase sign", f"{phase_sign:+d}"),
     ]  # fmt: skip

@@ -244,7 +244,7 @@ def init_single_acquisition_wf(
     with_swi = has_mag and write_swi
     ds_wf = init_derivatives_wf(
         output_dir=output_dir, bids_dir=bids_dir, entities=acq.entities,
-        source_files=list(acq.phase_files) + list(acq.magnitude_files), metadata=metadata,
+        source_files=list(acq.raw_files), metadata=metadata,
         outputs=tuple(o[0] for o in OUTPUTS
                       if (with_r2star or o[0] not in ("r2starmap", "t2starmap"))
                       and (with_swi or o[0] not in ("swi", "minip"))),

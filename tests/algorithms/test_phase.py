@@ -80,3 +80,41 @@ def test_spurious_header_scaling_is_undone_or_refused():
     assert same is raw and none is None  # plausible data are left alone
     with pytest.raises(ValueError, match="spans only"):
         pick_phase_values(shrunk, shrunk)
+
+
+# -- real and imaginary parts -------------------------------------------------------------------
+def test_complex_to_polar_is_exact_and_scale_free():
+    from qsmprep.algorithms.phase import complex_to_polar
+
+    mag = np.linspace(0.5, 3.0, TRUE.size)
+    signal = mag * np.exp(1j * TRUE)
+    for scale in (1.0, 4096.0):  # integer-coded parts carry any common scale
+        m, p = complex_to_polar(scale * signal.real, scale * signal.imag)
+        np.testing.assert_allclose(m, scale * mag, rtol=1e-6)
+        assert _close_mod_2pi(p, TRUE, tol=1e-5)
+    m, p = complex_to_polar(np.array([np.nan, 0.0, -1.0]), np.array([1.0, 1.0, 0.0]))
+    np.testing.assert_allclose(m, [0, 1, 1])
+    np.testing.assert_allclose(p, [0, np.pi / 2, np.pi], atol=1e-6)
+    with pytest.raises(ValueError, match="differ in shape"):
+        complex_to_polar(np.zeros(3), np.zeros(4))
+
+
+def _smooth_signal(shape=(24, 20, 16), echoes=2):
+    x, y, z = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    mag = np.exp(-(x**2 + y**2 + z**2))
+    field = 3.0 * x * y + 2.0 * z**2  # rad per echo: several wraps
+    return np.stack([mag * np.exp(1j * (e + 1) * field) for e in range(echoes)], axis=-1)
+
+
+def test_slice_chopping_is_found_on_its_axes_only_and_undone():
+    from qsmprep.algorithms.phase import slice_chopping_axes, undo_slice_chopping
+
+    signal = _smooth_signal()
+    assert slice_chopping_axes(signal) == []
+    noise = np.random.default_rng(0).normal(size=(16, 16, 16, 2)) * (1 + 0j)
+    assert slice_chopping_axes(noise) == []  # uncorrelated: not taken for chopping
+    for axes in ([2], [0, 1]):  # the slice direction; an in-plane checkerboard
+        chopped = undo_slice_chopping(signal, axes)  # its own inverse
+        assert not np.allclose(chopped, signal)
+        assert slice_chopping_axes(chopped) == axes
+        np.testing.assert_allclose(undo_slice_chopping(chopped, axes), signal)

@@ -160,6 +160,51 @@ def test_voxel_storage_order_does_not_change_the_chimap(example_run, tmp_path):
 
 
 @pytest.mark.slow
+def test_real_and_imaginary_parts_give_the_same_chimap(example_run, tmp_path, caplog):
+    """sub-01 stored as GE exports it: real and imaginary parts (part-real/part-imag), int16,
+    with the sign alternating slice by slice along the third voxel axis. The run computes
+    phase and magnitude from them, undoes the chopping (and says so) and gives the Chimap of
+    the phase/magnitude run; the derivatives' Sources name the raw parts. Without the
+    chopping undone, every other slice's phase is off by pi and the Chimap is far off."""
+    rc, out = example_run
+    assert rc == 0
+    bids = tmp_path / "bids"
+    anat = bids / "sub-01" / "anat"
+    anat.mkdir(parents=True)
+    shutil.copy(EXAMPLE / "dataset_description.json", bids)
+    src = EXAMPLE / "sub-01" / "anat"
+    phases = sorted(src.glob("*_part-phase_MEGRE.nii.gz"))
+    signals = []
+    for phase_file in phases:
+        mag_img = nb.load(str(phase_file).replace("part-phase", "part-mag"))
+        phase = nb.load(str(phase_file)).get_fdata()
+        signals.append(mag_img.get_fdata() * np.exp(1j * phase))
+    scale = 20000.0 / max(np.abs(s).max() for s in signals)
+    chop = (-1.0) ** np.arange(signals[0].shape[2])
+    for phase_file, signal in zip(phases, signals, strict=True):
+        signal = signal * scale * chop
+        for part, values in (("real", signal.real), ("imag", signal.imag)):
+            name = phase_file.name.replace("part-phase", f"part-{part}")
+            img = nb.Nifti1Image(np.round(values).astype(np.int16), mag_img.affine)
+            nb.save(img, str(anat / name))
+            shutil.copy(str(phase_file).replace(".nii.gz", ".json"),
+                        anat / name.replace(".nii.gz", ".json"))  # fmt: skip
+    out2 = tmp_path / "out"
+    assert main([str(bids), str(out2), "participant", "-w", str(tmp_path / "work"),
+                 "--no-regions"]) == 0  # fmt: skip
+    assert "changes sign from one slice to the next along voxel axis 3" in caplog.text
+    chi, _ = _load(out / "sub-01/anat/sub-01_Chimap.nii.gz")
+    from_parts, affine = _load(out2 / "sub-01/anat/sub-01_Chimap.nii.gz")
+    assert np.allclose(affine, nb.load(str(phases[0])).affine)
+    valid = _load(out / "sub-01/anat/sub-01_desc-qsm_mask.nii.gz")[0] > 0
+    assert nrmse(from_parts, chi, valid) < 1.0  # int16 rounding only
+    meta = json.loads((out2 / "sub-01/anat/sub-01_Chimap.json").read_text())
+    assert all("_part-real_" in s or "_part-imag_" in s for s in meta["Sources"])
+    report = (out2 / "sub-01.html").read_text()
+    assert "real + imaginary parts" in report and "changes sign from one slice" in report
+
+
+@pytest.mark.slow
 def test_example_regional_outputs_and_group_level(example_run, tmp_path):
     """Native-space labels on the input grid, a table per acquisition, then the cohort table.
     (The example phantoms are geometric, so only the structure is checked here; regional

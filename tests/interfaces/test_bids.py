@@ -184,6 +184,51 @@ def test_phase_only(make_bids):
     assert acq.n_echoes == 3
 
 
+def _as_complex_parts(root: Path) -> Path:
+    """Rename a dataset's part-phase/part-mag files to part-real/part-imag (the collection
+    reads names and sidecars only)."""
+    for path in sorted(root.rglob("*_part-*")):
+        path.rename(path.with_name(path.name.replace("part-phase", "part-real")
+                                   .replace("part-mag", "part-imag")))  # fmt: skip
+    return root
+
+
+def test_real_and_imaginary_parts_are_an_acquisition(make_bids):
+    root = _as_complex_parts(make_bids(subjects=("01", "02")))
+    assert list_subjects(root) == ["01", "02"]
+    acqs = collect_acquisitions(root)
+    assert [a.subject for a in acqs] == ["01", "02"]
+    acq = acqs[0]
+    assert acq.from_complex_parts and acq.has_magnitude and acq.n_echoes == 3
+    assert acq.phase_files == () and acq.magnitude_files == () and acq.phase_units == "rad"
+    assert [Path(f).name for f in acq.real_files] == [
+        f"sub-01_echo-{e}_part-real_MEGRE.nii.gz" for e in (1, 2, 3)]  # fmt: skip
+    assert acq.raw_files == acq.real_files + acq.imag_files
+    assert all("_part-imag_" in f for f in acq.imag_files)
+
+
+def test_a_real_part_without_its_imaginary_part_is_refused(make_bids):
+    root = _as_complex_parts(make_bids())
+    (root / "sub-01" / "anat" / "sub-01_echo-2_part-imag_MEGRE.nii.gz").unlink()
+    with pytest.raises(BIDSInputError, match=r"2 imaginary part image\(s\) for 3 real part"):
+        collect_acquisitions(root)
+    for path in (root / "sub-01" / "anat").glob("*part-real*"):
+        path.unlink()
+    with pytest.raises(BIDSInputError, match="has no part-real image beside it"):
+        collect_acquisitions(root)
+
+
+def test_phase_wins_over_complex_parts_of_the_same_acquisition(make_bids):
+    """Datasets that keep both (some converters write all four parts) use phase/magnitude."""
+    root = make_bids()
+    anat = root / "sub-01" / "anat"
+    for path in sorted(anat.glob("*_part-*")):
+        twin = path.name.replace("part-phase", "part-real").replace("part-mag", "part-imag")
+        (anat / twin).write_bytes(path.read_bytes())
+    (acq,) = collect_acquisitions(root)
+    assert not acq.from_complex_parts and len(acq.phase_files) == 3
+
+
 def test_t2starw_single_echo(make_bids):
     root = make_bids(suffix="T2starw", echo_times_s=(0.025,))
     (acq,) = collect_acquisitions(root)
