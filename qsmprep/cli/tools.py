@@ -8,6 +8,8 @@ one stage of the pipeline without a BIDS dataset::
     qsmprep-tools combine  --phase P1 [P2 ...] [--magnitude M1 [M2 ...]] --te-s TE1 [TE2 ...]
                            --mask MASK -o FIELD_HZ.nii.gz [--unwrap laplacian]
     qsmprep-tools unwrap   --phase PHASE.nii.gz [--mask MASK] -o UNWRAPPED.nii.gz
+    qsmprep-tools polar    --real R1 [R2 ...] --imag I1 [I2 ...] -o PHASE.nii.gz
+                           [--magnitude-out MAG.nii.gz]
     qsmprep-tools bgremove --field TOTAL.nii.gz --mask MASK -o LOCAL.nii.gz [--mask-out M]
                            [--algorithm resharp] [--b0-dir X Y Z] [--param KEY=VALUE ...]
     qsmprep-tools invert   --field LOCAL.nii.gz --mask MASK -o CHI.nii.gz [--algorithm tv]
@@ -227,6 +229,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_io(p, output_help="unwrapped phase (rad)")
 
     p = sub.add_parser(
+        "polar",
+        help="real and imaginary parts -> phase (rad) and magnitude",
+        description="Phase = atan2(imag, real) in radians and magnitude = |real + i imag| of "
+        "images stored as real and imaginary parts (GE's usual export; any integer or float "
+        "coding). A sign that alternates from one slice to the next (some GE 3-D "
+        "reconstructions) is recognised and undone, with a note. Several files are echoes: "
+        "the outputs are then 4-D with echoes last, which combine, mask, r2star and swi read.",
+    )
+    p.add_argument("--real", nargs="+", required=True, metavar="REAL.nii.gz",
+                   help="real part(s), one per echo (or one 4-D file)")  # fmt: skip
+    p.add_argument("--imag", nargs="+", required=True, metavar="IMAG.nii.gz",
+                   help="imaginary part(s), in the same order")  # fmt: skip
+    _add_io(p, output_help="phase (rad)")
+    p.add_argument("--magnitude-out", metavar="MAG.nii.gz", help="also write the magnitude")
+
+    p = sub.add_parser(
         "r2star",
         help="multi-echo magnitude -> R2* (1/s) and optionally T2* (s)",
         description="Fit S(TE) = M0 exp(-R2* TE) per voxel to the echo magnitudes. Output: "
@@ -282,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------------------------
 def _input_paths(args) -> list[str]:
     paths = []
-    for name in ("field", "mask", "phase", "magnitude", "noise_std"):
+    for name in ("field", "mask", "phase", "magnitude", "noise_std", "real", "imag"):
         value = getattr(args, name, None)
         if value is None:
             continue
@@ -296,7 +314,7 @@ def _validate(args) -> None:
             raise _UsageError(f"input file not found: {path}")
     flags = ["--output"] + [
         f"--{name.replace('_', '-')}"
-        for name in ("mask_out", "t2star_out", "minip_out")
+        for name in ("mask_out", "t2star_out", "minip_out", "magnitude_out")
         if getattr(args, name, None)
     ]
     outputs = [getattr(args, flag[2:].replace("-", "_")) for flag in flags]
@@ -329,6 +347,8 @@ def _validate(args) -> None:
         b = np.asarray(args.b0_dir, float)
         if not np.all(np.isfinite(b)) or not np.linalg.norm(b) > 0:
             raise _UsageError(f"--b0-dir must be a non-zero finite vector, got {args.b0_dir}")
+    if args.command == "polar" and len(args.real) != len(args.imag):
+        raise _UsageError(f"{len(args.real)} --real file(s) but {len(args.imag)} --imag file(s)")
     if args.command == "mask":
         if not args.magnitude and not args.phase:
             raise _UsageError("mask needs --magnitude MAG [...] or --phase P [...] --te-s TE [...]")
@@ -680,6 +700,19 @@ def _run_unwrap(args) -> None:
     _save_all([(unwrapped, affine, args.output, np.float32)])
 
 
+def _run_polar(args) -> None:
+    from qsmprep.interfaces.complex_parts import chopping_note, read_polar
+
+    magnitude, phase, affine, axes = read_polar(args.real, args.imag)
+    if axes:
+        print(f"{PROG}: note: {args.real[0]}: {chopping_note(axes)}", file=sys.stderr)
+    squeeze = (lambda a: a[..., 0]) if phase.shape[3] == 1 else (lambda a: a)
+    items = [(squeeze(phase), affine, args.output, np.float32)]
+    if args.magnitude_out:
+        items.append((squeeze(magnitude), affine, args.magnitude_out, np.float32))
+    _save_all(items)
+
+
 def _run_r2star(args) -> None:
     from qsmprep.algorithms.r2star import r2star_map, t2star_from_r2star
     from qsmprep.interfaces import nifti
@@ -763,6 +796,7 @@ _COMMANDS = {
     "mask": _run_mask,
     "combine": _run_combine,
     "unwrap": _run_unwrap,
+    "polar": _run_polar,
     "r2star": _run_r2star,
     "swi": _run_swi,
 }

@@ -295,6 +295,36 @@ def test_combine_gives_total_field_hz_and_unwrap_gives_radians(case, gre, tmp_pa
     assert np.all(unwrapped[~brain] == 0)
 
 
+def test_polar_turns_chopped_complex_parts_into_what_combine_reads(case, gre, tmp_path, capsys):
+    """Real/imaginary parts (the sign alternating along the third voxel axis, as some GE
+    reconstructions leave it) -> 4-D phase and magnitude -> combine gives the field that
+    the phase/magnitude files give."""
+    affine, sig = case["affine"], gre["sig"]
+    chop = (-1.0) ** np.arange(SHAPE[2])
+    signal = sig.magnitude * np.exp(1j * sig.phase_rad) * chop[None, None, :, None]
+    parts = {part: [nifti.save(getattr(signal[..., e], part), affine,
+                               tmp_path / f"{part}{e}.nii.gz") for e in range(3)]
+             for part in ("real", "imag")}  # fmt: skip
+    phase_out, mag_out = tmp_path / "phase4d.nii.gz", tmp_path / "mag4d.nii.gz"
+    assert main(["polar", "--real", *parts["real"], "--imag", *parts["imag"],
+                 "-o", str(phase_out), "--magnitude-out", str(mag_out)]) == 0  # fmt: skip
+    assert "along voxel axis 3" in capsys.readouterr().err
+    phase = nifti.load(phase_out)[0]
+    assert phase.shape == (*SHAPE, 3)
+    assert np.abs(np.angle(np.exp(1j * (phase - sig.phase_rad)))).max() < 1e-4
+    np.testing.assert_allclose(nifti.load(mag_out)[0], sig.magnitude, rtol=1e-4, atol=1e-4)
+    fields = []
+    for phase_in, mag_in in (([str(phase_out)], [str(mag_out)]), (gre["phase"], gre["mag"])):
+        out = tmp_path / f"field{len(fields)}.nii.gz"
+        assert main(["combine", "--phase", *phase_in, "--magnitude", *mag_in, "--te-s",
+                     *map(str, TES_S), "--mask", case["mask"], "-o", str(out)]) == 0  # fmt: skip
+        fields.append(nifti.load(out)[0])
+    np.testing.assert_allclose(fields[0], fields[1], atol=1e-2)  # Hz
+    assert main(["polar", "--real", *parts["real"], "--imag", *parts["imag"][:2],
+                 "-o", str(phase_out)]) == 2  # fmt: skip
+    assert "3 --real file(s) but 2 --imag file(s)" in _one_error_line(capsys)
+
+
 def test_echo_times_that_do_not_match_the_echoes_are_a_usage_error(case, gre, tmp_path,
                                                                    capsys):  # fmt: skip
     out = tmp_path / "field_hz.nii.gz"
