@@ -428,19 +428,12 @@ def _voxel_size_mm(affine: np.ndarray) -> np.ndarray:
     return np.round(nifti.geometry(affine)[0], 5)
 
 
-def sidecar_path(path: str) -> Path:
-    """The BIDS JSON sidecar beside a NIfTI file: ``X.nii.gz`` -> ``X.json``."""
-    name = Path(path).name
-    for suffix in _NIFTI_SUFFIXES:
-        if name.endswith(suffix):
-            return Path(path).with_name(name[: -len(suffix)] + ".json")
-    return Path(path).with_suffix(".json")
-
-
 def _units_from_sidecar(args) -> None:
     """Set ``args.field_units`` (and ``b0_tesla``/``te_s`` where not given) from the field's
     JSON sidecar, or ppm (the documented default) when it has none; a note says so."""
     import json
+
+    from qsmprep.interfaces.bids import sidecar_path
 
     sidecar = sidecar_path(args.field)
     meta = {}

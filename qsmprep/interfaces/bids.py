@@ -398,12 +398,17 @@ def _by_echo(files: list[Any], suffix: str, root: Path) -> dict[str | None, Any]
     return out
 
 
-def _sidecar_name(path: str, root: Path) -> str:
-    name = _rel(path, root)
+def sidecar_path(path: str | os.PathLike[str]) -> Path:
+    """The BIDS JSON sidecar beside a NIfTI file: ``X.nii.gz`` (or ``X.nii``) -> ``X.json``."""
+    path = Path(path)
     for ext in (".nii.gz", ".nii"):
-        if name.endswith(ext):
-            return name[: -len(ext)] + ".json"
-    return name
+        if path.name.endswith(ext):
+            return path.with_name(path.name[: -len(ext)] + ".json")
+    return path.with_suffix(".json")
+
+
+def _sidecar_name(path: str, root: Path) -> str:
+    return _rel(str(sidecar_path(path)), root)
 
 
 def _echo_time_s(metadata: Mapping[str, Any], path: str, root: Path) -> float:
