@@ -116,16 +116,19 @@ def complex_to_polar(real: np.ndarray, imag: np.ndarray) -> tuple[np.ndarray, np
 
     ``magnitude = sqrt(re^2 + im^2)``, ``phase = atan2(im, re)`` (BIDS ``part-real`` /
     ``part-imag``, as GE scanners commonly export). Both are independent of any common scaling
-    of the two parts, so the parts' integer range needs no detection. Non-finite values
+    of the two parts, so the parts' integer range needs no detection. Computed in float32
+    (the phase to about 1e-7 rad; a 1 mm 4-echo head stays under 1 GB). Non-finite values
     become 0. Returns float32 arrays.
     """
-    re = np.asarray(real, dtype=np.float64)
-    im = np.asarray(imag, dtype=np.float64)
+    re = np.asarray(real, dtype=np.float32)
+    im = np.asarray(imag, dtype=np.float32)
     if re.shape != im.shape:
         raise ValueError(f"real part {re.shape} and imaginary part {im.shape} differ in shape")
     bad = ~(np.isfinite(re) & np.isfinite(im))
-    re, im = np.where(bad, 0.0, re), np.where(bad, 0.0, im)
-    return np.hypot(re, im).astype(np.float32), np.arctan2(im, re).astype(np.float32)
+    magnitude, phase = np.hypot(re, im), np.arctan2(im, re)
+    magnitude[bad] = 0.0
+    phase[bad] = 0.0
+    return magnitude, phase
 
 
 #: Below this mean correlation between neighbouring slices the complex image alternates sign
