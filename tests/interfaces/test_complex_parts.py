@@ -60,3 +60,21 @@ def test_plain_phase_data_pass_through_and_a_bad_part_names_its_file(tmp_path):
         fobj.write(b"not a NIfTI")
     with pytest.raises(NiftiInputError, match="sub-01_echo-2_part-imag_MEGRE.nii.gz"):
         polar_acquisition(acq, tmp_path / "work")
+
+
+@pytest.mark.parametrize("sign", [1, -1])
+def test_phase_from_the_parts_follows_the_phase_sign(tmp_path, sign):
+    """``--phase-sign`` acts on phase computed from the parts as on stored phase: the same
+    PhaseScaling node reads the radians the conversion wrote (sign -1 negates them)."""
+    from qsmprep.interfaces.field import PhaseScaling
+
+    acq, mag, truth, _ = _parts(tmp_path, chop=True)
+    polar = polar_acquisition(acq, tmp_path / "work")
+    node = PhaseScaling(in_files=list(polar.phase_files), units=polar.phase_units, sign=sign)
+    (tmp_path / "scaling").mkdir()
+    result = node.run(cwd=str(tmp_path / "scaling"))
+    phase, _ = nifti.load(result.outputs.out_file)
+    inside = mag > 50
+    for echo in range(2):
+        err = wrap_to_pi(phase[..., echo] - sign * truth[..., echo])[inside]
+        assert np.abs(err).max() < 0.02
