@@ -55,6 +55,46 @@ def _clean(mask: np.ndarray, erosions: int, *, fill: bool = True) -> np.ndarray:
     return out
 
 
+def binarize_mask(values: npt.ArrayLike) -> tuple[np.ndarray, str | None]:
+    """A mask image from other software as booleans, and a note when the rule was not
+    "nonzero".
+
+    * Values only 0 and one or more others (0/1, 0/255, a skull-stripped image, -1/0):
+      ``mask = value != 0``, no note.
+    * Fractional values in ``(0, 1)`` with a maximum of at most 1 (a probability map, or a
+      binary mask resampled with linear interpolation): ``mask = value >= 0.5``, with a
+      note, since "nonzero" would take in the whole interpolated margin or the image.
+
+    Non-finite values are outside. Raises ``ValueError`` when nothing is inside.
+    """
+    data = np.asarray(values)
+    finite = np.isfinite(data)
+    inside = finite & (data != 0)
+    note = None
+    if np.issubdtype(data.dtype, np.floating) and inside.any():
+        kept = data[inside]
+        fractional = (kept > 0) & (kept < 1)
+        if fractional.any() and float(kept.max()) <= 1.0:
+            inside = finite & (data >= 0.5)
+            note = (f"the mask has fractional values ({int(fractional.sum())} voxels in (0, 1)); "
+                    f"read as a probability map: inside where >= 0.5")  # fmt: skip
+    if not inside.any():
+        raise ValueError("mask is empty (no voxel inside)")
+    return inside, note
+
+
+def erode_mask(mask: npt.ArrayLike, erosions: int) -> np.ndarray:
+    """``erosions`` 6-connected binary erosions of ``mask``, nothing else (a user's mask
+    keeps its components and holes). Raises ``ValueError`` if nothing is left."""
+    out = np.asarray(mask, dtype=bool)
+    erosions = _check_erosions(erosions)
+    if erosions > 0:
+        out = ndimage.binary_erosion(out, structure=_SIX_CONNECTED, iterations=erosions)
+        if not out.any():
+            raise ValueError(f"{erosions} erosions left an empty mask")
+    return out
+
+
 def _check_erosions(erosions: int) -> int:
     if isinstance(erosions, bool) or int(erosions) != erosions or erosions < 0:
         raise ValueError(f"erosions must be a non-negative integer, got {erosions!r}")

@@ -197,22 +197,29 @@ def _polar_inputs(acquisitions, folder: Path, refused: dict, errors: list) -> li
 
 def _with_user_masks(mask_dir, acquisitions, errors: list) -> list:
     """Keep acquisitions whose user mask exists and matches their grid; report the others."""
-    import nibabel as nb
+    import numpy as np
 
+    from qsmprep.interfaces import nifti
     from qsmprep.interfaces.bids import BIDSInputError, find_user_mask
 
     kept = []
     for acq in acquisitions:
         try:
             path = find_user_mask(mask_dir, acq)
-            shape = nb.load(path).shape[:3]
-            if tuple(shape) != tuple(acq.shape[:3]):
-                raise BIDSInputError(f"{path}: mask shape {shape} differs from the data "
+            mask, affine, note = nifti.load_mask(path)
+            if tuple(mask.shape) != tuple(acq.shape[:3]):
+                raise BIDSInputError(f"{path}: mask shape {mask.shape} differs from the data "
                                      f"{tuple(acq.shape[:3])}")  # fmt: skip
-        except BIDSInputError as exc:
+            data_affine = nifti.load_affine(acq.raw_files[0])
+            if not np.allclose(affine, data_affine, atol=1e-3):
+                raise BIDSInputError(f"{path}: mask affine differs from that of "
+                                     f"{acq.raw_files[0]} (another grid or orientation)")
+        except (BIDSInputError, nifti.NiftiInputError) as exc:
             print(f"qsmprep: error: {exc}", file=sys.stderr)
             errors.append(str(exc))
             continue
+        if note:
+            print(f"qsmprep: note: {path}: {note}", file=sys.stderr)
         kept.append(acq)
     return kept
 

@@ -56,6 +56,10 @@ PROG = "qsmprep-tools"
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
+#: How a --mask file is read (:func:`qsmprep.algorithms.masking.binarize_mask`).
+_MASK_HELP = "mask (nonzero = in; a map with values in 0..1: >= 0.5)"
+
+
 class _UsageError(Exception):
     """A command-line error (exit code 2)."""
 
@@ -139,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--field", required=True, metavar="FIELD.nii.gz",
                    help="local field map (total field for single-step-tv)")  # fmt: skip
-    p.add_argument("--mask", required=True, metavar="MASK.nii.gz", help="mask (nonzero = in)")
+    p.add_argument("--mask", required=True, metavar="MASK.nii.gz", help=_MASK_HELP)
     _add_io(p, output_help="susceptibility map (ppm)")
     p.add_argument("--mask-out", metavar="MASK_OUT.nii.gz",
                    help="write the mask where chi is valid (single-step-tv: the mask eroded by "
@@ -178,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
         + _B0_DIR_HELP,
     )
     p.add_argument("--field", required=True, metavar="TOTAL.nii.gz", help="total field map")
-    p.add_argument("--mask", required=True, metavar="MASK.nii.gz", help="mask (nonzero = in)")
+    p.add_argument("--mask", required=True, metavar="MASK.nii.gz", help=_MASK_HELP)
     _add_io(p, output_help="local field map (same unit as --field)")
     p.add_argument("--mask-out", metavar="MASK_OUT.nii.gz",
                    help="write the (eroded) mask where the local field is valid")  # fmt: skip
@@ -213,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--magnitude", nargs="+", metavar="MAG", help="magnitude per echo")
     p.add_argument("--te-s", nargs="+", type=float, required=True, metavar="TE",
                    help="echo times (s), one per echo, increasing")  # fmt: skip
-    p.add_argument("--mask", required=True, metavar="MASK.nii.gz", help="mask (nonzero = in)")
+    p.add_argument("--mask", required=True, metavar="MASK.nii.gz", help=_MASK_HELP)
     _add_io(p, output_help="total field map (Hz)")
     p.add_argument("--unwrap", default="laplacian", choices=UNWRAP_METHODS,
                    help="spatial unwrapping method (default: %(default)s)")  # fmt: skip
@@ -225,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
         "method. Output: unwrapped phase (rad), 0 outside the mask.",
     )
     p.add_argument("--phase", required=True, metavar="PHASE.nii.gz", help="wrapped phase (3-D)")
-    p.add_argument("--mask", metavar="MASK.nii.gz", help="mask (nonzero = in; default all)")
+    p.add_argument("--mask", metavar="MASK.nii.gz", help=_MASK_HELP[:-1] + "; default all)")
     _add_io(p, output_help="unwrapped phase (rad)")
 
     p = sub.add_parser(
@@ -255,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="magnitude per echo (3-D files) or one 4-D file")  # fmt: skip
     p.add_argument("--te-s", nargs="+", type=float, required=True, metavar="TE",
                    help="echo times (s), one per echo, increasing")  # fmt: skip
-    p.add_argument("--mask", metavar="MASK.nii.gz", help="mask (nonzero = in; default all)")
+    p.add_argument("--mask", metavar="MASK.nii.gz", help=_MASK_HELP[:-1] + "; default all)")
     _add_io(p, output_help="R2* map (1/s)")
     p.add_argument("--t2star-out", metavar="T2STAR.nii.gz", help="also write T2* (s)")
     p.add_argument("--method", default="auto", choices=R2STAR_METHODS,
@@ -279,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minip-out", metavar="MINIP.nii.gz", help="also write the SWI minIP")
     p.add_argument("--slab-mm", type=float, metavar="MM",
                    help="minIP slab thickness (mm; default 16; needs --minip-out)")  # fmt: skip
-    p.add_argument("--mask", metavar="MASK.nii.gz", help="mask (nonzero = in; default all)")
+    p.add_argument("--mask", metavar="MASK.nii.gz", help=_MASK_HELP[:-1] + "; default all)")
     p.add_argument("--highpass-sigma-mm", type=float, default=6.0, metavar="MM",
                    help="homodyne low-pass Gaussian sigma (mm; default: %(default)s)")  # fmt: skip
     p.add_argument("--power", type=float, default=4.0,
@@ -390,14 +394,15 @@ def _load3d(path: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _load_mask(path: str, shape: tuple, affine: np.ndarray, ref: str) -> np.ndarray:
-    data, mask_affine = _load3d(path)
-    if data.shape != tuple(shape):
-        raise ValueError(f"{path}: mask shape {data.shape} does not match {ref} {tuple(shape)}")
+    from qsmprep.interfaces import nifti
+
+    mask, mask_affine, note = nifti.load_mask(path)
+    if mask.shape != tuple(shape):
+        raise ValueError(f"{path}: mask shape {mask.shape} does not match {ref} {tuple(shape)}")
     if not np.allclose(mask_affine, affine, atol=1e-3):
         raise ValueError(f"{path}: mask affine differs from that of {ref} (different grid)")
-    mask = np.isfinite(data) & (data != 0)
-    if not mask.any():
-        raise ValueError(f"{path}: mask is empty (no nonzero voxel)")
+    if note:
+        print(f"{PROG}: note: {path}: {note}", file=sys.stderr)
     return mask
 
 

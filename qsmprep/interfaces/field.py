@@ -108,6 +108,36 @@ class BrainMask(SimpleInterface):
         return runtime
 
 
+class _UserMaskInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="the user's mask (--brain-mask-dir)")
+    erosions = traits.Int(0, usedefault=True, desc="--mask-erosions")
+    phase = File(exists=True, desc="4-D phase (rad); unused, keeps the node's inputs alike")
+
+
+class UserMask(SimpleInterface):
+    """A user-supplied mask read as booleans (0..1 maps at >= 0.5), eroded by
+    ``erosions``, and written as uint8 on its own grid (checked against the data before
+    the run)."""
+
+    input_spec = _UserMaskInputSpec
+    output_spec = _MaskOutputSpec
+
+    def _run_interface(self, runtime):
+        import logging
+
+        from qsmprep.algorithms.masking import erode_mask
+
+        mask, affine, note = nifti.load_mask(self.inputs.in_file)
+        if note:
+            logging.getLogger("qsmprep").warning("%s: %s", self.inputs.in_file, note)
+        try:
+            mask = erode_mask(mask, self.inputs.erosions)
+        except ValueError as exc:
+            raise ValueError(f"{self.inputs.in_file}: {exc}") from exc
+        self._results["out_file"] = nifti.save(mask, affine, _out(runtime, "mask.nii.gz"))
+        return runtime
+
+
 def compute_mask(method: str, phase, magnitude, affine, *, echo_times_s, erosions: int = 0):
     """The brain mask of ``--masking method`` from phase (rad) and magnitude (None for
     phase-only data, which always gets the phase-quality mask)."""

@@ -14,7 +14,13 @@ class NiftiInputError(ValueError):
 
 
 def load(path: str | os.PathLike, *, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
-    """Read a NIfTI as ``(data, affine)``; scl_slope/scl_inter are applied by nibabel."""
+    """Read a NIfTI as ``(data, affine)``; scl_slope/scl_inter are applied by nibabel.
+
+    Images of more than four axes lose singleton axes after the third, so the
+    ``(X, Y, Z, 1, 1)`` or ``(X, Y, Z, 1, E)`` images some software writes read as
+    ``(X, Y, Z, 1)`` and ``(X, Y, Z, E)``. Complex-valued data are refused when a real
+    ``dtype`` is asked for (casting would silently keep the real part).
+    """
     import nibabel as nb
 
     try:
@@ -22,9 +28,47 @@ def load(path: str | os.PathLike, *, dtype=np.float32) -> tuple[np.ndarray, np.n
         data = np.asanyarray(img.dataobj)
     except Exception as exc:  # nibabel raises many types for bad files
         raise NiftiInputError(f"{path}: cannot read NIfTI ({exc})") from exc
+    while data.ndim > 4:  # keep (X, Y, Z, 1): a one-echo stack stays 4-D
+        singles = [axis for axis in range(3, data.ndim) if data.shape[axis] == 1]
+        if not singles:
+            break
+        data = data.squeeze(axis=singles[-1])
     if dtype is not None:
+        if np.iscomplexobj(data) and not np.issubdtype(np.dtype(dtype), np.complexfloating):
+            raise NiftiInputError(
+                f"{path}: complex-valued image ({data.dtype}); expected real values (split "
+                f"complex data into part-real/part-imag or phase/magnitude files)"
+            )
         data = data.astype(dtype, copy=False)
     return data, np.asarray(img.affine, dtype=float)
+
+
+def load_mask(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """Read a user's mask as ``(mask, affine, note)``: a 3-D boolean array, the affine and a
+    note (or None) saying how the values were read
+    (:func:`qsmprep.algorithms.masking.binarize_mask`). One-line errors name the file."""
+    from qsmprep.algorithms.masking import binarize_mask
+
+    data, affine = load(path)
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise NiftiInputError(f"{path}: expected a 3-D mask, got shape {data.shape}")
+    try:
+        mask, note = binarize_mask(data)
+    except ValueError as exc:
+        raise NiftiInputError(f"{path}: {exc}") from exc
+    return mask, affine, note
+
+
+def load_affine(path: str | os.PathLike) -> np.ndarray:
+    """The affine of a NIfTI, without reading its data."""
+    import nibabel as nb
+
+    try:
+        return np.asarray(nb.load(str(path)).affine, dtype=float)
+    except Exception as exc:  # nibabel raises many types for bad files
+        raise NiftiInputError(f"{path}: cannot read NIfTI ({exc})") from exc
 
 
 def load_stack(paths: Sequence[str | os.PathLike], *, dtype=np.float32):

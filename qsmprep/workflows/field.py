@@ -11,6 +11,7 @@ from qsmprep.interfaces.field import (
     PhaseScaling,
     PhaseUnwrapping,
     StackEchoes,
+    UserMask,
 )
 
 MASKING_DESC = {
@@ -64,6 +65,8 @@ def init_field_wf(
     mask_desc = (
         f"the user-supplied mask {user_mask}" if user_mask else MASKING_DESC[mask_method]
     )
+    if mask_erosions:
+        mask_desc += f", then eroded by {mask_erosions} voxel(s) (6-connected)"
     workflow.__desc__ = (
         f"Phase images ({len(echo_times_s)} echo(es), TE = "
         f"{', '.join(f'{t * 1e3:.2f}' for t in echo_times_s)} ms) were scaled to radians from "
@@ -87,9 +90,8 @@ def init_field_wf(
     phase_scaling = pe.Node(PhaseScaling(units=phase_units, sign=phase_sign),
                             name="phase_scaling", mem_gb=mem_gb)  # fmt: skip
     if user_mask:
-        brain_mask = pe.Node(niu.IdentityInterface(fields=["out_file", "phase"]),
-                             name="brain_mask")  # fmt: skip
-        brain_mask.inputs.out_file = user_mask
+        brain_mask = pe.Node(UserMask(in_file=user_mask, erosions=mask_erosions),
+                             name="brain_mask", mem_gb=mem_gb)  # fmt: skip
     else:
         brain_mask = pe.Node(
             BrainMask(echo_times_s=list(echo_times_s), method=mask_method,

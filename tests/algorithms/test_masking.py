@@ -241,3 +241,38 @@ def test_phase_quality_validation():
         mask_from_phase_quality(phase, echo_times_s=(0.01, 0.02), threshold=2.0)
     with pytest.raises(ValueError, match="seconds"):
         phase_quality_map(phase, echo_times_s=(10.0, 20.0))
+
+
+def test_binarize_mask_reads_what_other_software_writes():
+    from qsmprep.algorithms.masking import binarize_mask
+
+    brain = np.zeros((6, 6, 6), bool)
+    brain[1:5, 1:5, 1:5] = True
+    for values in (brain * 1.0, brain * 255, np.where(brain, 1.0, np.nan), -1.0 * brain,
+                   np.where(brain, 70.0 + np.arange(216).reshape(6, 6, 6), 0)):  # fmt: skip
+        mask, note = binarize_mask(values)
+        np.testing.assert_array_equal(mask, brain)
+        assert note is None
+    # a probability map / an interpolated binary mask: >= 0.5, with a note
+    mask, note = binarize_mask(np.where(brain, 0.7, 0.2).astype(np.float32))
+    np.testing.assert_array_equal(mask, brain)
+    assert "fractional" in note
+    with pytest.raises(ValueError, match="empty"):
+        binarize_mask(np.zeros((4, 4, 4)))
+    with pytest.raises(ValueError, match="empty"):
+        binarize_mask(np.full((4, 4, 4), 0.3))
+
+
+def test_erode_mask_only_erodes():
+    from qsmprep.algorithms.masking import erode_mask
+
+    mask = np.zeros((12, 12, 12), bool)
+    mask[1:6, 1:6, 1:6] = True  # two components, one with a hole: both kept
+    mask[7:11, 7:11, 7:11] = True
+    mask[3, 3, 3] = False
+    np.testing.assert_array_equal(erode_mask(mask, 0), mask)
+    expected = ndimage.binary_erosion(mask, structure=ndimage.generate_binary_structure(3, 1))
+    np.testing.assert_array_equal(erode_mask(mask, 1), expected)
+    assert erode_mask(mask, 1)[8:10, 8:10, 8:10].all()
+    with pytest.raises(ValueError, match="empty"):
+        erode_mask(mask, 3)

@@ -238,3 +238,31 @@ def test_a_failed_acquisition_is_cleaned_and_reported(make_bids, tmp_path, monke
     text = (out / "sub-01.html").read_text()
     assert "0 of 1 acquisition(s) finished; failed: sub-01" in text
     assert "no crash file was written" in text and "partial outputs were removed" in text
+
+
+def test_user_masks_are_read_and_checked_before_the_run(make_bids, tmp_path, capsys):
+    """--brain-mask-dir: a mask on another grid (same shape, shifted affine) refuses its
+    subject in one line naming the file; a probability map is read at >= 0.5 with a note."""
+    import nibabel as nb
+    import numpy as np
+
+    bids = make_bids(subjects=("01", "02", "03"), echoes=2)
+    masks = tmp_path / "masks"
+    for sub in ("01", "02", "03"):
+        img = nb.load(next(bids.glob(f"sub-{sub}/anat/*echo-1_part-phase*.nii.gz")))
+        affine, data = img.affine.copy(), np.ones(img.shape[:3], np.float32)
+        if sub == "02":
+            affine[0, 3] += 5.0
+        if sub == "03":
+            data[:2] = 0.2
+            data[2:] = 0.8
+        folder = masks / f"sub-{sub}" / "anat"
+        folder.mkdir(parents=True)
+        nb.save(nb.Nifti1Image(data, affine), str(folder / f"sub-{sub}_desc-brain_mask.nii.gz"))
+    rc = main([str(bids), str(tmp_path / "out"), "participant", "--dry-run",
+               "--brain-mask-dir", str(masks)])  # fmt: skip
+    captured = capsys.readouterr()
+    assert rc == 1  # a refused subject
+    assert "sub-02_desc-brain_mask.nii.gz: mask affine differs" in captured.err
+    assert "sub-03_desc-brain_mask.nii.gz: the mask has fractional values" in captured.err
+    assert "sub-01" in captured.out and "sub-03" in captured.out and "sub-02" not in captured.out

@@ -585,3 +585,34 @@ def test_sheared_affine_gets_a_note(case, tmp_path, capsys):
     assert main(["invert", "--field", case["local"], "--mask", case["mask"], "-o", str(out),
                  "--algorithm", "tkd"]) == 0  # fmt: skip
     assert "sheared" not in capsys.readouterr().err
+
+
+def test_files_as_other_software_writes_them_give_the_same_chi(case, tmp_path, capsys):
+    """A 5-D field with singleton axes (X, Y, Z, 1, 1), a 0/255 mask and a probability map
+    of the brain give the Chimap of the plain files; a complex field is refused in one line."""
+    import nibabel as nb
+
+    field, affine = nifti.load(case["local"])
+    brain = case["ph"].brain_mask
+    files = {
+        "field5d": str(tmp_path / "field5d.nii.gz"),
+        "mask255": nifti.save(brain * 255, affine, tmp_path / "mask255.nii.gz", dtype=np.uint8),
+        "prob": nifti.save(np.where(brain, 0.9, 0.1), affine, tmp_path / "prob.nii.gz"),
+        "complex": str(tmp_path / "complex.nii.gz"),
+    }
+    nb.save(nb.Nifti1Image(field[..., None, None], affine), files["field5d"])
+    nb.save(nb.Nifti1Image(field.astype(np.complex64), affine), files["complex"])
+    ref = tmp_path / "ref.nii.gz"
+    tkd = ["--algorithm", "tkd"]
+    assert main(["invert", "--field", case["local"], "--mask", case["mask"], "-o", str(ref),
+                 *tkd]) == 0  # fmt: skip
+    for name, fld, msk in (("5d", files["field5d"], case["mask"]),
+                           ("255", case["local"], files["mask255"]),
+                           ("prob", case["local"], files["prob"])):  # fmt: skip
+        out = tmp_path / f"chi_{name}.nii.gz"
+        assert main(["invert", "--field", fld, "--mask", msk, "-o", str(out), *tkd]) == 0, name
+        np.testing.assert_array_equal(nifti.load(out)[0], nifti.load(ref)[0])
+    assert "prob.nii.gz: the mask has fractional values" in capsys.readouterr().err
+    rc = main(["invert", "--field", files["complex"], "--mask", case["mask"], "-o",
+               str(tmp_path / "c.nii.gz"), *tkd])  # fmt: skip
+    assert rc == 1 and "complex.nii.gz: complex-valued" in _one_error_line(capsys)

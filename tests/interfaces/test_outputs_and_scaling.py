@@ -78,3 +78,34 @@ def test_real_crop_with_bogus_slope_is_read_as_radians(tmp_path, monkeypatch):
     assert np.ptp(np.asanyarray(nb.load(str(src)).dataobj)) < 0.01  # what nibabel returns
     rad = np.asanyarray(nb.load(PhaseScaling(in_files=[str(src)]).run().outputs.out_file).dataobj)
     assert np.ptp(rad) > 6.0  # wrapped radians, not +-0.0037
+
+
+def test_user_mask_node_binarizes_and_erodes(tmp_path):
+    from qsmprep.interfaces import nifti
+    from qsmprep.interfaces.field import UserMask
+
+    prob = np.zeros((10, 10, 10), np.float32)
+    prob[2:8, 2:8, 2:8] = 0.9
+    prob[1, 2:8, 2:8] = 0.3  # the interpolated margin of a resampled mask
+    path = nifti.save(prob, np.eye(4), tmp_path / "prob.nii.gz")
+    for erosions, inside in ((0, 216), (1, 64)):
+        (tmp_path / str(erosions)).mkdir()
+        res = UserMask(in_file=path, erosions=erosions).run(cwd=str(tmp_path / str(erosions)))
+        mask = nifti.load(res.outputs.out_file)[0]
+        assert int(mask.sum()) == inside and set(np.unique(mask)) <= {0, 1}
+
+
+def test_five_axis_images_lose_singleton_axes_and_complex_is_refused(tmp_path):
+    from qsmprep.interfaces import nifti
+
+    data = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    for shape, expected in (((2, 3, 4, 1, 1), (2, 3, 4, 1)), ((2, 3, 4, 1), (2, 3, 4, 1))):
+        path = str(tmp_path / "x.nii.gz")
+        nb.save(nb.Nifti1Image(data.reshape(shape), np.eye(4)), path)
+        assert nifti.load(path)[0].shape == expected
+    echoes = np.stack([data, 2 * data], axis=-1)[:, :, :, None, :]  # (X, Y, Z, 1, E)
+    nb.save(nb.Nifti1Image(echoes, np.eye(4)), str(tmp_path / "e.nii.gz"))
+    np.testing.assert_array_equal(nifti.load(tmp_path / "e.nii.gz")[0][..., 1], 2 * data)
+    nb.save(nb.Nifti1Image(data.astype(np.complex64), np.eye(4)), str(tmp_path / "c.nii.gz"))
+    with pytest.raises(nifti.NiftiInputError, match="c.nii.gz: complex-valued"):
+        nifti.load(tmp_path / "c.nii.gz")
