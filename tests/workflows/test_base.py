@@ -90,11 +90,15 @@ def test_phase_only_single_echo_has_no_magnitude_outputs(tmp_path):
 
 
 def test_user_mask_replaces_the_mask_node(tmp_path):
+    mask = tmp_path / "mask.nii.gz"
+    mask.touch()
     wf = init_single_acquisition_wf(_acq(tmp_path), output_dir=str(tmp_path),
-                                    bids_dir=str(tmp_path), user_mask="/x/mask.nii.gz")  # fmt: skip
+                                    bids_dir=str(tmp_path), user_mask=str(mask),
+                                    mask_erosions=2)  # fmt: skip
     node = wf.get_node("field_wf").get_node("brain_mask")
-    assert node.inputs.out_file == "/x/mask.nii.gz"
-    assert "user-supplied mask" in wf.get_node("field_wf").__desc__
+    assert node.inputs.in_file == str(mask) and node.inputs.erosions == 2
+    desc = wf.get_node("field_wf").__desc__
+    assert "user-supplied mask" in desc and "eroded by 2 voxel(s)" in desc
 
 
 def test_top_workflow_sends_crash_files_to_the_subject_log(tmp_path):
