@@ -148,3 +148,58 @@ def test_support_penalty_defaults_to_100_lambda_and_sets_the_fit_speed(head):
     assert nrmse(reference_chi(fast, core), truth, core) < default_err - 10.0
     with pytest.raises(ValueError, match="support_penalty"):
         single_step_tv(total, brain, voxel_size_mm=VOX, support_penalty=-1.0)
+
+
+@pytest.mark.parametrize(("chi_lesion", "r2star"), [(1.5, 150.0), (-0.6, 100.0)])
+def test_a_haemorrhage_or_calcification_stays_local(chi_lesion, r2star):
+    """A strong focal source with a dark magnitude (a 5 mm haemorrhage at +1.5 ppm, or a
+    calcification at -0.6 ppm) through the default front end (magnitude mask, echo fit,
+    Laplacian unwrapping) and single-step TV: no residual wrap, the lesion's susceptibility
+    moment has its sign and strength, and the Chimap 15 mm away is what it is without the
+    lesion. Measured here: moment 0.71 / 0.91, far NRMSE 50.1 / 49.4 % against 49.5 % without
+    the lesion (benchmarks/lesion_robustness.py has the 1 mm figures). A sign error gives a
+    negative moment."""
+    from scipy import ndimage
+
+    from qsmprep.algorithms import combine, simulate
+    from qsmprep.algorithms.constants import hz_to_ppm
+    from qsmprep.algorithms.masking import mask_from_magnitude
+    from qsmprep.algorithms.unwrap import unwrap_field_hz
+
+    ph = make_head_phantom((56, 64, 48), voxel_size_mm=VOX, rng=1)
+    idx = np.argwhere(ph.brain_mask)
+    centre = idx.min(0) + (idx.max(0) - idx.min(0)) * np.array([0.22, 0.55, 0.55])
+    grid = np.indices(ph.chi_ppm.shape)
+    dist = np.sqrt(sum(((g - c) * 3.0) ** 2 for g, c in zip(grid, centre, strict=True)))
+    lesion = dist <= 5.0
+    tes = (0.004, 0.008, 0.012, 0.016)
+
+    def chimap(with_lesion: bool):
+        chi, m0, r2s = ph.chi_ppm.copy(), ph.m0.copy(), ph.r2star_3t.copy()
+        if with_lesion:
+            chi[lesion], m0[lesion], r2s[lesion] = chi_lesion, 0.5, r2star
+        sig = simulate.simulate_gre(chi, voxel_size_mm=VOX, echo_times_s=tes, b0_tesla=3.0,
+                                    b0_direction=B0, m0=m0 * ph.head_mask, r2star_hz=r2s,
+                                    snr=100.0, rng=1)  # fmt: skip
+        mask = mask_from_magnitude(sig.magnitude, voxel_size_mm=VOX)
+        fit = combine.fit_field_linear(sig.phase_rad, sig.magnitude, echo_times_s=tes, mask=mask)
+        total = unwrap_field_hz(fit.field_hz, wrap_period_hz=fit.wrap_period_hz,
+                                voxel_size_mm=VOX, mask=mask)  # fmt: skip
+        true_total = forward_field(chi, voxel_size_mm=VOX, b0_direction=B0)
+        est, core = single_step_tv(hz_to_ppm(total, b0_tesla=3.0) * mask, mask,
+                                   voxel_size_mm=VOX, b0_direction=B0)  # fmt: skip
+        scored = core & ph.brain_mask
+        err = hz_to_ppm(total, b0_tesla=3.0) - true_total
+        err -= np.median(err[scored])
+        assert np.abs(err[scored]).max() < hz_to_ppm(fit.wrap_period_hz / 2, b0_tesla=3.0)
+        truth = np.where(ph.brain_mask, chi, 0)
+        return reference_chi(est, scored), truth - truth[scored].mean(), scored
+
+    est, truth, scored = chimap(True)
+    base, base_truth, base_scored = chimap(False)
+    assert scored[lesion].all()
+    near = ndimage.distance_transform_edt(~lesion, sampling=VOX) <= 6.0
+    moment = est[near].sum() / truth[near].sum()
+    assert 0.5 < moment < 1.3
+    far = scored & base_scored & ~(ndimage.distance_transform_edt(~lesion, sampling=VOX) <= 15.0)
+    assert nrmse(est, truth, far) < nrmse(base, base_truth, far) + 2.0
