@@ -139,9 +139,10 @@ MAX_DARK_HOLE_MM3 = 1000.0
 
 def _drop_large_dark_holes(filled, tissue, mag, cut, voxel_size_mm, max_hole_mm3):
     """Remove from ``filled`` the filled-in components (``filled & ~tissue``) bigger than
-    ``max_hole_mm3`` whose median magnitude is below ``cut``: bone or air enclosed by brain
-    (the skull base between the temporal lobes and the brainstem), whose noise-only phase
-    would spread errors through unwrapping, background removal and inversion."""
+    ``max_hole_mm3`` whose median magnitude ``mag`` is below ``cut``: bone or air enclosed by
+    brain (the skull base between the temporal lobes and the brainstem), whose noise-only
+    phase would spread errors through unwrapping, background removal and inversion.
+    ``mag``/``cut`` are the first echo's (see :func:`mask_from_magnitude`)."""
     holes, count = ndimage.label(filled & ~tissue, structure=_SIX_CONNECTED)
     if count == 0:
         return filled
@@ -182,7 +183,10 @@ def mask_from_magnitude(
         Enclosed regions darker than the threshold and larger than this are left out of the
         mask instead of being filled (default 1000 mm^3 = 1 ml): on real heads these are the
         skull base or sinus air surrounded by brain, whose phase is noise. Smaller dark holes
-        (veins, microbleeds, calcifications) are filled.
+        (veins, microbleeds, calcifications) are filled. With several echoes "darker" is
+        judged on the first echo against its own Otsu threshold, so large veins or a
+        haemorrhage, dark only at the later echoes, stay in the mask; signal voids (dark at
+        the first echo too) are left out.
 
     Returns
     -------
@@ -218,8 +222,32 @@ def mask_from_magnitude(
     if not tissue.any():
         raise ValueError("no voxel passed the threshold: the mask would be empty")
     filled = _fill_holes(_largest_component(tissue))
-    filled = _drop_large_dark_holes(filled, tissue, mag, cut, voxel_size_mm, max_hole_mm3)
+    first, first_cut = _first_echo_and_cut(magnitude, mag, cut, threshold)
+    filled = _drop_large_dark_holes(filled, tissue, first, first_cut, voxel_size_mm,
+                                    max_hole_mm3)  # fmt: skip
     return _clean(filled, erosions, fill=False)
+
+
+def _first_echo_and_cut(magnitude, combined, cut, threshold):
+    """The image and threshold that decide whether an enclosed dark region has signal: the
+    first echo (the most signal) and its own Otsu (or ``threshold``) cut for a 4-D input,
+    else the combined image and ``cut``. A vein or haemorrhage is dark at late echoes but
+    not at the first; bone and air are dark at every echo."""
+    mag = np.asarray(magnitude)
+    if mag.ndim != 4 or mag.shape[3] < 2 or cut == 0.0:
+        return combined, cut
+    first = combined_magnitude(mag[..., 0])
+    nonzero = first[first > 0]
+    if nonzero.size == 0:
+        return combined, cut
+    robust_max = float(np.percentile(nonzero, 99.5))
+    if threshold is not None:
+        return first, float(threshold) * robust_max
+    clipped = np.minimum(first, robust_max)
+    try:
+        return first, otsu_threshold(clipped)
+    except ValueError:
+        return combined, cut
 
 
 def _gradient_coherence(phase: np.ndarray) -> np.ndarray:

@@ -16,7 +16,8 @@ from qsmprep.interfaces.field import (
 
 MASKING_DESC = {
     "magnitude": "a robust (Otsu) threshold of the root-sum-of-squares magnitude over echoes, "
-    "keeping the largest connected component and filling holes",
+    "keeping the largest connected component and filling holes except enclosed regions over "
+    "1 ml without signal at the first echo",
     "phase-quality": "thresholding a local phase-coherence quality map of the multi-echo phase",
     "bet": "BET-class surface-model brain extraction [Smith 2002] of the first-echo magnitude "
     "(brainextractor)",
