@@ -141,7 +141,10 @@ def front_end(case, erosions: int = 0, method: str = "magnitude"):
 
     mask = compute_mask(method, case["phase"], case["mag"], np.diag([*case["vox"], 1.0]),
                         echo_times_s=case["tes"], erosions=erosions)  # fmt: skip
-    fit = combine.fit_field_linear(case["phase"], case["mag"], echo_times_s=case["tes"], mask=mask)
+    ref = combine.reference_field(case["phase"], case["mag"], echo_times_s=case["tes"],
+                                  mask=mask, voxel_size_mm=case["vox"])  # fmt: skip
+    fit = combine.fit_field_linear(case["phase"], case["mag"], echo_times_s=case["tes"],
+                                   mask=mask, reference_field_hz=ref)  # fmt: skip
     total = unwrap_field_hz(fit.field_hz, wrap_period_hz=fit.wrap_period_hz,
                             voxel_size_mm=case["vox"], mask=mask) * mask  # fmt: skip
     return mask, total

@@ -80,6 +80,7 @@ def fit_field_linear(
     *,
     echo_times_s: Sequence[float],
     mask: npt.ArrayLike | None = None,
+    reference_field_hz: npt.ArrayLike | None = None,
 ) -> FieldFit:
     """Fit ``phi_n = phi0 + 2 pi f TE_n`` to multi-echo phase, voxel by voxel.
 
@@ -94,6 +95,11 @@ def fit_field_linear(
         Strictly increasing echo times in seconds.
     mask : (X, Y, Z) bool array, optional
         Voxels to fit (default all); the maps are 0 elsewhere.
+    reference_field_hz : (X, Y, Z) array, optional
+        An unaliased (spatially unwrapped) estimate of the field, e.g. from
+        :func:`reference_field`, that guides the temporal unwrapping (below). Needed for
+        unevenly spaced echoes, whose consecutive differences otherwise wrap inconsistently
+        wherever ``|f|`` exceeds ``1 / (2 max dTE)``.
 
     Returns
     -------
@@ -105,7 +111,9 @@ def fit_field_linear(
     ``[-pi, pi)``: with uniform spacing one common step
     ``d = angle(sum_n mag_n mag_{n+1} exp(i (phi_{n+1} - phi_n)))`` and
     ``psi_n = p_n + W(phi_n - p_n)``, ``p_n = phi_1 + (n - 1) d`` (noise cannot then wrap some
-    differences and not others when ``|2 pi f dTE|`` is close to pi); otherwise the cumulative
+    differences and not others when ``|2 pi f dTE|`` is close to pi); with a reference field
+    ``f_r``, ``p_n = phi_1 + 2 pi f_r (TE_n - TE_1)`` instead (any spacing: exact where
+    ``|f - f_r| < 1 / (2 (TE_E - TE_1))``); otherwise the cumulative
     sum ``psi_1 = phi_1``, ``psi_{n+1} = psi_n + W(phi_{n+1} - phi_n)``. Then weighted least
     squares of ``psi_n = phi0 + 2 pi f TE_n``, in closed form per voxel:
     ``f = (S_w S_tp - S_t S_p) / (2 pi (S_w S_tt - S_t**2))``, ``phi0 = (S_p - 2 pi f S_t) / S_w``
@@ -137,7 +145,13 @@ def fit_field_linear(
         return FieldFit(field, offset, residual, wrap_period_hz=float(1.0 / tes[0]))
     wrap_period = float(1.0 / np.min(np.diff(tes)))
     phi = phase[m]  # (V, E)
-    psi = _temporal_unwrap(phi, None if mag is None else mag[m], tes)
+    ref = None
+    if reference_field_hz is not None:
+        ref = np.asarray(reference_field_hz, dtype=np.float32)
+        if ref.shape != shape:
+            raise ValueError(f"reference_field_hz must have shape {shape}, got {ref.shape}")
+        ref = ref[m]
+    psi = _temporal_unwrap(phi, None if mag is None else mag[m], tes, ref)
     w = np.ones(phi.shape, np.float32) if mag is None else np.square(mag[m], dtype=np.float32)
     w[np.count_nonzero(w > 0, axis=1) < 2] = 1.0  # < 2 weighted echoes: uniform weights
     slope, intercept, res = _weighted_line_fit(psi, w, tes - tes.mean())
@@ -147,10 +161,15 @@ def fit_field_linear(
     return FieldFit(field, offset, residual, wrap_period_hz=wrap_period)
 
 
-def _temporal_unwrap(phi: np.ndarray, mag: np.ndarray | None, tes: np.ndarray) -> np.ndarray:
+def _temporal_unwrap(phi: np.ndarray, mag: np.ndarray | None, tes: np.ndarray,
+                     ref: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
     """Unwrap ``(V, E)`` phases along echoes (see :func:`fit_field_linear`, Notes)."""
+    if ref is not None:
+        lag = (tes - tes[0]).astype(np.float32)
+        predicted = phi[:, :1] + np.float32(_TWO_PI) * ref[:, None] * lag
+        return predicted + wrap_to_pi(phi - predicted)
     steps = np.diff(phi, axis=1)
-    if np.allclose(np.diff(tes), tes[1] - tes[0], rtol=1e-3):
+    if uniform_spacing(tes):
         # uniform spacing: one step for all echoes, from the weighted complex mean of the
         # consecutive differences, so noise cannot wrap some differences and not others
         pair_w = 1.0 if mag is None else mag[:, 1:] * mag[:, :-1]
@@ -162,6 +181,47 @@ def _temporal_unwrap(phi: np.ndarray, mag: np.ndarray | None, tes: np.ndarray) -
     psi[:, 0] = phi[:, 0]
     psi[:, 1:] = phi[:, :1] + np.cumsum(wrap_to_pi(steps), axis=1)
     return psi
+
+
+def uniform_spacing(echo_times_s: Sequence[float]) -> bool:
+    """Whether consecutive echoes are equally spaced (to 0.1 %); True for 1 or 2 echoes."""
+    steps = np.diff(np.asarray(echo_times_s, dtype=np.float64))
+    return steps.size == 0 or bool(np.allclose(steps, steps[0], rtol=1e-3))
+
+
+def reference_field(
+    phase_rad: npt.ArrayLike,
+    magnitude: npt.ArrayLike | None = None,
+    *,
+    echo_times_s: Sequence[float],
+    mask: npt.ArrayLike,
+    voxel_size_mm: Sequence[float],
+    unwrapping: str = "laplacian",
+) -> np.ndarray | None:
+    """An unaliased field (Hz) to guide the temporal unwrapping of unevenly spaced echoes, or
+    None when the echoes are equally spaced (the fit is then exact modulo ``1 / dTE``).
+
+    The field of the two consecutive echoes closest in time,
+    ``f_r = W(phi_{k+1} - phi_k) / (2 pi dTE_min)``, is known modulo ``1 / dTE_min``; it is
+    spatially unwrapped with ``unwrapping``
+    (:func:`qsmprep.algorithms.unwrap.unwrap_field_hz`) and given to
+    :func:`fit_field_linear` as ``reference_field_hz``. This is the template idea of
+    multi-echo ROMEO (Dymerska et al., MRM 2021;85:2321-2333, doi:10.1002/mrm.28563): unwrap
+    once in space, then every echo in time against the template. Its noise
+    (``sqrt(2) sigma_phi / (2 pi dTE_min)``) only has to stay below
+    ``1 / (2 (TE_E - TE_1))``.
+    """
+    from qsmprep.algorithms.unwrap import unwrap_field_hz
+
+    phase, mag, tes, m = _check_inputs(phase_rad, magnitude, echo_times_s, mask)
+    if uniform_spacing(tes):
+        return None
+    k = int(np.argmin(np.diff(tes)))
+    pair = fit_field_linear(phase[..., k:k + 2], None if mag is None else mag[..., k:k + 2],
+                            echo_times_s=tes[k:k + 2], mask=m)  # fmt: skip
+    return unwrap_field_hz(pair.field_hz, wrap_period_hz=pair.wrap_period_hz,
+                           voxel_size_mm=voxel_size_mm, mask=m, method=unwrapping,
+                           magnitude=mag)  # fmt: skip
 
 
 def _weighted_line_fit(y: np.ndarray, w: np.ndarray, t: np.ndarray):

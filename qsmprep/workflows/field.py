@@ -5,6 +5,7 @@ from __future__ import annotations
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
+from qsmprep.algorithms.combine import uniform_spacing
 from qsmprep.interfaces.field import (
     BrainMask,
     EchoCombination,
@@ -78,6 +79,13 @@ def init_field_wf(
             else "The single-echo phase was divided by 2 pi TE, "
         )
         + f"which was spatially unwrapped by {UNWRAPPING_DESC[unwrapping]}."
+        + (
+            " As the echoes were unevenly spaced, the field of the two closest echoes, "
+            "spatially unwrapped the same way, guided the temporal unwrapping of every echo "
+            "before the fit (the template approach of multi-echo ROMEO [Dymerska 2021])."
+            if not uniform_spacing(echo_times_s)
+            else ""
+        )
     )
     inputnode = pe.Node(niu.IdentityInterface(fields=["phase_files", "magnitude_files"]),
                         name="inputnode")  # fmt: skip
@@ -102,7 +110,7 @@ def init_field_wf(
     combine = pe.Node(
         EchoCombination(echo_times_s=list(echo_times_s), method=combination,
                         phase_offset_correction=phase_offset_correction,
-                        bipolar_correction=bipolar_correction),
+                        bipolar_correction=bipolar_correction, unwrapping=unwrapping),
         name="echo_combination", mem_gb=mem_gb,
     )  # fmt: skip
     unwrap = pe.Node(PhaseUnwrapping(method=unwrapping), name="unwrap", mem_gb=mem_gb)

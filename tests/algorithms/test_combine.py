@@ -137,6 +137,46 @@ def test_non_uniform_echo_spacing():
     assert np.allclose(fit.phase_offset_rad, -1.0, atol=1e-5)
 
 
+@pytest.mark.parametrize("unwrapping", ["laplacian", "romeo"])
+def test_unevenly_spaced_echoes_with_a_large_field(phantom, unwrapping):
+    """3 T, echoes at 3 / 7.5 / 15 / 25 ms, SNR 100. The brain's field spans 200 Hz, two of
+    the 10 ms gap's 100 Hz periods, so consecutive differences wrap inconsistently: the plain
+    fit is not even right modulo 1 / dTE_min and unwrapping cannot repair it (measured: 0.83
+    of the brain within 10 % of a period). Guided by the closest pair's unwrapped field
+    (:func:`reference_field`), the fit, unwrapped in space, is the simulated total field
+    (all of the brain; NRMSE < 2 %, measured 0.47 %)."""
+    from qsmprep.algorithms.combine import reference_field
+
+    tes = (0.003, 0.0075, 0.015, 0.025)
+    mask = phantom.brain_mask
+    sig = simulate.simulate_gre(
+        phantom.chi_ppm, voxel_size_mm=VOX, echo_times_s=tes, b0_tesla=3.0, m0=phantom.m0,
+        r2star_hz=phantom.r2star_3t, phase_offset_rad=simulate.phase_offset_map(SHAPE, rng=1),
+        snr=100, rng=2,
+    )  # fmt: skip
+    truth = ppm_to_hz(sig.total_field_ppm, b0_tesla=3.0).astype(np.float64)
+    assert np.ptp(truth[mask]) > 1.5 * (1 / 0.010)
+
+    def unwrapped(fit):
+        return unwrap_field_hz(fit.field_hz, wrap_period_hz=fit.wrap_period_hz,
+                               voxel_size_mm=VOX, mask=mask, method=unwrapping,
+                               magnitude=sig.magnitude)  # fmt: skip
+
+    plain = fit_field_linear(sig.phase_rad, sig.magnitude, echo_times_s=tes, mask=mask)
+    assert exact_fraction(unwrapped(plain), truth, mask, plain.wrap_period_hz) < 0.95
+    ref = reference_field(sig.phase_rad, sig.magnitude, echo_times_s=tes, mask=mask,
+                          voxel_size_mm=VOX, unwrapping=unwrapping)  # fmt: skip
+    fit = fit_field_linear(sig.phase_rad, sig.magnitude, echo_times_s=tes, mask=mask,
+                           reference_field_hz=ref)  # fmt: skip
+    assert fit.wrap_period_hz == pytest.approx(1 / 0.0045)
+    field = unwrapped(fit)
+    assert exact_fraction(field, truth, mask, fit.wrap_period_hz) >= 0.999
+    assert nrmse(field, truth, mask) < 2.0
+    # equally spaced echoes need no reference
+    assert reference_field(sig.phase_rad[..., :2], echo_times_s=tes[:2], mask=mask,
+                           voxel_size_mm=VOX) is None  # fmt: skip
+
+
 def test_magnitude_weighting_reduces_noise():
     """Fast decay (R2* 60/s over 8 echoes to 32 ms) at SNR 20: mag**2 weights (inverse phase
     variance) beat uniform weights, which trust the noisy late echoes as much as the first."""
