@@ -59,11 +59,15 @@ def binarize_mask(values: npt.ArrayLike) -> tuple[np.ndarray, str | None]:
     """A mask image from other software as booleans, and a note when the rule was not
     "nonzero".
 
-    * Values only 0 and one or more others (0/1, 0/255, a skull-stripped image, -1/0):
+    * Values 0 and anything else (0/1, 0/255, -1/0, a skull-stripped image):
       ``mask = value != 0``, no note.
-    * Fractional values in ``(0, 1)`` with a maximum of at most 1 (a probability map, or a
-      binary mask resampled with linear interpolation): ``mask = value >= 0.5``, with a
-      note, since "nonzero" would take in the whole interpolated margin or the image.
+    * Values in ``[0, 1]`` with fractional ones, fewer than half of the nonzero voxels in
+      ``(0.1, 0.9)`` (a probability map, or a binary mask resampled with linear
+      interpolation: mostly near 0 or 1): ``mask = value >= 0.5``, with a note, since
+      "nonzero" would take in the interpolated margin or, for a map with small values
+      everywhere, the whole image.
+    * Values in ``[0, 1]`` spread between (an image scaled to 0..1, e.g. a skull-stripped
+      magnitude): "nonzero", with a note.
 
     Non-finite values are outside. Raises ``ValueError`` when nothing is inside.
     """
@@ -74,10 +78,15 @@ def binarize_mask(values: npt.ArrayLike) -> tuple[np.ndarray, str | None]:
     if np.issubdtype(data.dtype, np.floating) and inside.any():
         kept = data[inside]
         fractional = (kept > 0) & (kept < 1)
-        if fractional.any() and float(kept.max()) <= 1.0:
-            inside = finite & (data >= 0.5)
-            note = (f"the mask has fractional values ({int(fractional.sum())} voxels in (0, 1)); "
-                    f"read as a probability map: inside where >= 0.5")  # fmt: skip
+        if fractional.any() and float(kept.min()) >= 0.0 and float(kept.max()) <= 1.0:
+            spread = float(np.mean((kept > 0.1) & (kept < 0.9)))
+            if spread < 0.5:
+                inside = finite & (data >= 0.5)
+                note = (f"the mask has fractional values ({int(fractional.sum())} voxels in "
+                        f"(0, 1)); read as a probability map: inside where >= 0.5")  # fmt: skip
+            else:
+                note = (f"the mask's values spread over 0..1 ({100 * spread:.0f} % of the "
+                        "nonzero voxels in (0.1, 0.9)), like an image: inside where nonzero")
     if not inside.any():
         raise ValueError("mask is empty (no voxel inside)")
     return inside, note

@@ -356,7 +356,7 @@ def _add_stage_options(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="use your own masks: a BIDS derivatives folder holding "
         "sub-X/[ses-Y/]anat/<prefix>_desc-brain_mask.nii[.gz] for every acquisition, on its "
-        "grid (overrides --masking; nonzero = inside, a map with values in 0..1: >= 0.5; "
+        "grid (overrides --masking; nonzero = inside, a probability map in 0..1: >= 0.5; "
         "--mask-erosions applies)",
     )
 

@@ -57,7 +57,7 @@ _NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
 #: How a --mask file is read (:func:`qsmprep.algorithms.masking.binarize_mask`).
-_MASK_HELP = "mask (nonzero = in; a map with values in 0..1: >= 0.5)"
+_MASK_HELP = "mask (nonzero = in; a probability map in 0..1: >= 0.5)"
 
 
 class _UsageError(Exception):

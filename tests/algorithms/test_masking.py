@@ -255,13 +255,25 @@ def test_binarize_mask_reads_what_other_software_writes():
         np.testing.assert_array_equal(mask, brain)
         assert note is None
     # a probability map / an interpolated binary mask: >= 0.5, with a note
-    mask, note = binarize_mask(np.where(brain, 0.7, 0.2).astype(np.float32))
+    mask, note = binarize_mask(np.where(brain, 0.98, 0.02).astype(np.float32))
     np.testing.assert_array_equal(mask, brain)
     assert "fractional" in note
+    # a binary mask resampled with linear interpolation: a fractional margin one voxel thick
+    cube = np.zeros((40, 40, 40), np.float32)
+    cube[5:35, 5:35, 5:35] = 1.0
+    resampled = ndimage.shift(cube, (0.3, 0.4, 0.5), order=1)
+    mask, note = binarize_mask(resampled)
+    np.testing.assert_array_equal(mask, resampled >= 0.5)
+    assert mask.sum() < (resampled > 0).sum() and "probability map" in note
+    # an image scaled to 0..1 (values spread between): nonzero, with a note
+    image = np.where(brain, np.linspace(0.15, 0.85, 216).reshape(6, 6, 6), 0.0)
+    mask, note = binarize_mask(image)
+    np.testing.assert_array_equal(mask, brain)
+    assert "like an image" in note
     with pytest.raises(ValueError, match="empty"):
         binarize_mask(np.zeros((4, 4, 4)))
     with pytest.raises(ValueError, match="empty"):
-        binarize_mask(np.full((4, 4, 4), 0.3))
+        binarize_mask(np.full((4, 4, 4), 0.05))
 
 
 def test_erode_mask_only_erodes():

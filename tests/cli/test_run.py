@@ -253,9 +253,8 @@ def test_user_masks_are_read_and_checked_before_the_run(make_bids, tmp_path, cap
         affine, data = img.affine.copy(), np.ones(img.shape[:3], np.float32)
         if sub == "02":
             affine[0, 3] += 5.0
-        if sub == "03":
-            data[:2] = 0.2
-            data[2:] = 0.8
+        if sub == "03":  # a resampled mask: a fractional margin
+            data[:2] = 0.3
         folder = masks / f"sub-{sub}" / "anat"
         folder.mkdir(parents=True)
         nb.save(nb.Nifti1Image(data, affine), str(folder / f"sub-{sub}_desc-brain_mask.nii.gz"))
