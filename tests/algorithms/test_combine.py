@@ -35,6 +35,17 @@ def signal_3t(phantom):
     )  # fmt: skip
 
 
+def simulate_with_truth(phantom, tes, b0_tesla):
+    """The phantom's multi-echo signal (SNR 100, a smooth phase offset) and its true total
+    field in Hz."""
+    sig = simulate.simulate_gre(
+        phantom.chi_ppm, voxel_size_mm=VOX, echo_times_s=tes, b0_tesla=b0_tesla,
+        m0=phantom.m0, r2star_hz=phantom.r2star_3t,
+        phase_offset_rad=simulate.phase_offset_map(SHAPE, rng=1), snr=100, rng=2,
+    )  # fmt: skip
+    return sig, ppm_to_hz(sig.total_field_ppm, b0_tesla=b0_tesla).astype(np.float64)
+
+
 def sampled_region(truth_hz, mask, period_hz):
     """Mask voxels at least one voxel away from any in-mask neighbour pair whose true field
     differs by half a period or more: there the aliased field cannot be unwrapped."""
@@ -62,12 +73,7 @@ def test_fit_and_unwrap_recover_the_total_field(phantom):
     without unwrapping 33 % with 0.3 % of the brain a period off). No in-brain neighbours
     differ by half a period (125 Hz) or more on this phantom: the whole brain is sampled."""
     mask = phantom.brain_mask
-    signal_7t = simulate.simulate_gre(
-        phantom.chi_ppm, voxel_size_mm=VOX, echo_times_s=TES, b0_tesla=7.0, m0=phantom.m0,
-        r2star_hz=phantom.r2star_3t, phase_offset_rad=simulate.phase_offset_map(SHAPE, rng=1),
-        snr=100, rng=2,
-    )  # fmt: skip
-    truth = ppm_to_hz(signal_7t.total_field_ppm, b0_tesla=7.0).astype(np.float64)
+    signal_7t, truth = simulate_with_truth(phantom, TES, 7.0)
     fit = fit_field_linear(signal_7t.phase_rad, signal_7t.magnitude, echo_times_s=TES, mask=mask)
     assert isinstance(fit, FieldFit)
     assert fit.wrap_period_hz == pytest.approx(250.0)
@@ -149,12 +155,7 @@ def test_unevenly_spaced_echoes_with_a_large_field(phantom, unwrapping):
 
     tes = (0.003, 0.0075, 0.015, 0.025)
     mask = phantom.brain_mask
-    sig = simulate.simulate_gre(
-        phantom.chi_ppm, voxel_size_mm=VOX, echo_times_s=tes, b0_tesla=3.0, m0=phantom.m0,
-        r2star_hz=phantom.r2star_3t, phase_offset_rad=simulate.phase_offset_map(SHAPE, rng=1),
-        snr=100, rng=2,
-    )  # fmt: skip
-    truth = ppm_to_hz(sig.total_field_ppm, b0_tesla=3.0).astype(np.float64)
+    sig, truth = simulate_with_truth(phantom, tes, 3.0)
     assert np.ptp(truth[mask]) > 1.5 * (1 / 0.010)
 
     def unwrapped(fit):
