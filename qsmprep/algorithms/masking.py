@@ -104,6 +104,36 @@ def erode_mask(mask: npt.ArrayLike, erosions: int) -> np.ndarray:
     return out
 
 
+#: :func:`field_of_view_cut` fraction from which a brain mask is taken for partial coverage.
+PARTIAL_COVERAGE_FRACTION = 0.25
+
+
+def field_of_view_cut(mask: npt.ArrayLike) -> tuple[int, float]:
+    """How much the field of view cuts a brain mask: ``(axis, fraction)`` for the voxel axis
+    where it cuts most, ``fraction`` being the mask's area in the first or last slice of the
+    array along that axis over its largest slice area along it (0: the mask stays clear of
+    the edges; about 1: a slab through the brain).
+
+    A whole-brain acquisition that just grazes the vertex or the cerebellum scores a few %,
+    a 40 mm slab through the basal ganglia about 0.9. Used to warn that template
+    registration and atlas regions, which assume a whole brain, are unreliable
+    (``docs/benchmarks.md``, "Partial coverage and regions").
+    """
+    m = np.asarray(mask, dtype=bool)
+    if m.ndim != 3:
+        raise ValueError(f"mask must be 3-D, got shape {m.shape}")
+    best = (0, 0.0)
+    for axis in range(3):
+        areas = m.sum(axis=tuple(a for a in range(3) if a != axis))
+        largest = int(areas.max()) if areas.size else 0
+        if largest == 0:
+            continue
+        fraction = max(int(areas[0]), int(areas[-1])) / largest
+        if fraction > best[1]:
+            best = (axis, float(fraction))
+    return best
+
+
 def _check_erosions(erosions: int) -> int:
     if isinstance(erosions, bool) or int(erosions) != erosions or erosions < 0:
         raise ValueError(f"erosions must be a non-negative integer, got {erosions!r}")

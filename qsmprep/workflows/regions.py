@@ -28,7 +28,8 @@ def init_registration_wf(
     """Register the native magnitude to the template and bring the atlas to native space.
 
     With ``t1w`` (the session's T1w), magnitude -> T1w is rigid and the T1w (masked by the
-    magnitude brain mask brought onto it) -> template is nonlinear.
+    magnitude brain mask brought onto it, unless the field of view cuts that mask: a slab's
+    mask would cut the T1w to the slab too) -> template is nonlinear.
 
     Inputs: ``moving`` (first-echo magnitude), ``mask`` (native brain mask; also the grid of
     the labels). Outputs: ``forward_transforms``, ``inverse_transforms`` (ANTs order),
@@ -38,7 +39,8 @@ def init_registration_wf(
     workflow = pe.Workflow(name=name)
     via = (
         "rigidly registered to the session's T1w image, which (masked by the magnitude brain "
-        "mask brought onto it) was registered to the MNI152NLin2009cAsym template"
+        "mask brought onto it, or whole when the field of view cut that mask) was registered "
+        "to the MNI152NLin2009cAsym template"
         if t1w else "registered to the MNI152NLin2009cAsym template"
     )  # fmt: skip
     workflow.__desc__ = (

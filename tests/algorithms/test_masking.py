@@ -311,3 +311,15 @@ def test_a_large_region_dark_only_at_late_echoes_stays_in_the_mask():
     mask = mask_from_magnitude(mag, voxel_size_mm=(1, 1, 1))
     assert mask[8:20, 8:20, 8:20].all()
     assert not mask[24:31, 24:31, 24:31].any()
+
+
+def test_field_of_view_cut_tells_a_slab_from_a_whole_brain():
+    from qsmprep.algorithms.masking import field_of_view_cut
+
+    x, y, z = np.meshgrid(*[np.linspace(-1, 1, n) for n in (40, 48, 36)], indexing="ij")
+    brain = (x / 0.8) ** 2 + (y / 0.8) ** 2 + (z / 0.8) ** 2 <= 1
+    assert field_of_view_cut(brain)[1] == 0.0
+    axis, fraction = field_of_view_cut(brain[:, :, 12:24])  # a slab through the middle
+    assert axis == 2 and fraction > 0.7
+    grazed = (x / 0.8) ** 2 + (y / 0.8) ** 2 + ((z - 0.22) / 0.8) ** 2 <= 1  # grazes the top
+    assert 0.0 < field_of_view_cut(grazed)[1] < 0.25

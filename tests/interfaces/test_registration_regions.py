@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import nibabel as nb
 import numpy as np
@@ -202,3 +203,48 @@ def test_seeded_registration_repeats_exactly_in_one_process(tmp_path):
     a, b = (ants.read_transform(str(f)).parameters for f in (first, second))
     np.testing.assert_array_equal(a, b)
     assert np.abs(np.asarray(a)[-3:]).max() > 1.0  # it did recover the shift
+
+
+@pytest.mark.parametrize("slab", [False, True])
+def test_a_slab_sends_the_whole_t1w_to_the_template(tmp_path, monkeypatch, slab):
+    """With a T1w, the T1w is masked by the magnitude mask before the template registration,
+    unless the field of view cuts that mask (a slab): the mask would cut the T1w to the slab
+    too (deep-grey Dice 0.33 against 0.91 with the whole T1w, docs/benchmarks.md)."""
+    from qsmprep.interfaces import nifti, registration
+
+    x, y, z = np.meshgrid(*[np.linspace(-1, 1, n) for n in (20, 22, 18)], indexing="ij")
+    brain = x**2 + y**2 + z**2 <= 0.8**2
+    mask = nifti.save(brain[:, :, 6:12] if slab else brain, np.eye(4), tmp_path / "mask.nii.gz")
+    files = {name: nifti.save(brain, np.eye(4), tmp_path / f"{name}.nii.gz")
+             for name in ("moving", "t1w", "template")}  # fmt: skip
+    calls = {}
+
+    def fake_rigid(moving, fixed, out_dir, **kw):
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        paths = [Path(out_dir) / n for n in ("r_fwd.h5", "r_inv.h5")]
+        for p in paths:
+            p.write_text("x")
+        return tuple(map(str, paths))
+
+    def fake_mask_t1w(t1w, native_mask, rigid_forward, out_file, **kw):
+        calls["masked"] = True
+        Path(out_file).write_text("x")
+        return str(out_file)
+
+    def fake_template(moving, template, out_dir, **kw):
+        calls["moving"] = str(moving)
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        paths = [Path(out_dir) / n for n in ("fwd.h5", "inv.h5")]
+        for p in paths:
+            p.write_text("x")
+        return tuple(map(str, paths))
+
+    monkeypatch.setattr(registration, "register_rigid", fake_rigid)
+    monkeypatch.setattr(registration, "mask_t1w", fake_mask_t1w)
+    monkeypatch.setattr(registration, "register_to_template", fake_template)
+    node = registration.RegisterToTemplate(moving=files["moving"], mask=mask, t1w=files["t1w"],
+                                           template=files["template"])  # fmt: skip
+    (tmp_path / "run").mkdir()
+    node.run(cwd=str(tmp_path / "run"))
+    assert calls.get("masked", False) is not slab
+    assert (calls["moving"] == files["t1w"]) is slab

@@ -41,3 +41,20 @@ def test_report_links_its_figures_and_shows_failures(tmp_path):
     assert "<range>" not in path.read_text().replace("&lt;range&gt;", "")
     assert "regularization" in text and "Second paragraph." in text
     assert "qsmprep 9.9" in text
+
+
+def test_partial_coverage_is_a_report_warning_only_with_regions(tmp_path):
+    import numpy as np
+
+    from qsmprep.interfaces import nifti
+    from qsmprep.reports.subject import partial_coverage_warning
+
+    x, y, z = np.meshgrid(*[np.linspace(-1, 1, n) for n in (30, 34, 28)], indexing="ij")
+    brain = x**2 + y**2 + z**2 <= 0.8**2
+    files = {"dseg": nifti.save(brain, np.eye(4), tmp_path / "dseg.nii.gz")}
+    files["mask"] = nifti.save(brain, np.eye(4), tmp_path / "whole.nii.gz")
+    assert partial_coverage_warning(files) is None
+    files["mask"] = nifti.save(brain[:, :, 10:18], np.eye(4), tmp_path / "slab.nii.gz")
+    warning = partial_coverage_warning(files)
+    assert "partial coverage" in warning and "voxel axis 3" in warning
+    assert partial_coverage_warning({"mask": files["mask"]}) is None  # --no-regions
