@@ -92,9 +92,11 @@ def binarize_mask(values: npt.ArrayLike) -> tuple[np.ndarray, str | None]:
     return inside, note
 
 
-def erode_mask(mask: npt.ArrayLike, erosions: int) -> np.ndarray:
-    """``erosions`` 6-connected binary erosions of ``mask``, nothing else (a user's mask
-    keeps its components and holes). Raises ``ValueError`` if nothing is left."""
+def erode_voxels(mask: npt.ArrayLike, erosions: int) -> np.ndarray:
+    """``erosions`` 6-connected binary erosions of ``mask`` (``--mask-erosions``), nothing
+    else: a user's mask keeps its components and holes. Not the SMV erosion by a sphere in
+    mm, :func:`qsmprep.algorithms.background.erode_mask`. Raises ``ValueError`` if nothing
+    is left."""
     out = np.asarray(mask, dtype=bool)
     erosions = _check_erosions(erosions)
     if erosions > 0:

@@ -125,13 +125,13 @@ class UserMask(SimpleInterface):
     def _run_interface(self, runtime):
         import logging
 
-        from qsmprep.algorithms.masking import erode_mask
+        from qsmprep.algorithms.masking import erode_voxels
 
         mask, affine, note = nifti.load_mask(self.inputs.in_file)
         if note:
             logging.getLogger("qsmprep").warning("%s: %s", self.inputs.in_file, note)
         try:
-            mask = erode_mask(mask, self.inputs.erosions)
+            mask = erode_voxels(mask, self.inputs.erosions)
         except ValueError as exc:
             raise ValueError(f"{self.inputs.in_file}: {exc}") from exc
         self._results["out_file"] = nifti.save(mask, affine, _out(runtime, "mask.nii.gz"))

@@ -276,19 +276,19 @@ def test_binarize_mask_reads_what_other_software_writes():
         binarize_mask(np.full((4, 4, 4), 0.05))
 
 
-def test_erode_mask_only_erodes():
-    from qsmprep.algorithms.masking import erode_mask
+def test_erode_voxels_only_erodes():
+    from qsmprep.algorithms.masking import erode_voxels
 
     mask = np.zeros((12, 12, 12), bool)
     mask[1:6, 1:6, 1:6] = True  # two components, one with a hole: both kept
     mask[7:11, 7:11, 7:11] = True
     mask[3, 3, 3] = False
-    np.testing.assert_array_equal(erode_mask(mask, 0), mask)
+    np.testing.assert_array_equal(erode_voxels(mask, 0), mask)
     expected = ndimage.binary_erosion(mask, structure=ndimage.generate_binary_structure(3, 1))
-    np.testing.assert_array_equal(erode_mask(mask, 1), expected)
-    assert erode_mask(mask, 1)[8:10, 8:10, 8:10].all()
+    np.testing.assert_array_equal(erode_voxels(mask, 1), expected)
+    assert erode_voxels(mask, 1)[8:10, 8:10, 8:10].all()
     with pytest.raises(ValueError, match="empty"):
-        erode_mask(mask, 3)
+        erode_voxels(mask, 3)
 
 
 def test_a_large_region_dark_only_at_late_echoes_stays_in_the_mask():
