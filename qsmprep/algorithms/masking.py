@@ -48,10 +48,7 @@ def _clean(mask: np.ndarray, erosions: int, *, fill: bool = True) -> np.ndarray:
     if fill:
         out = _fill_holes(out)
     if erosions > 0:
-        out = ndimage.binary_erosion(out, structure=_SIX_CONNECTED, iterations=erosions)
-        if not out.any():
-            raise ValueError(f"{erosions} erosions left an empty mask")
-        out = _largest_component(out)
+        out = _largest_component(erode_voxels(out, erosions))
     return out
 
 
