@@ -4,9 +4,10 @@ Clinical QSM meets sources far stronger than the deep grey nuclei: haemorrhages 
 microbleeds (+0.5 to +2 ppm, with T2* so short that their magnitude is dark) and
 calcifications (diamagnetic, -0.2 to -1 ppm, also dark). Their fields wrap within a few
 millimetres and their signal void sits inside the brain mask. This script adds one such
-lesion to qsmprep's simulated heads and runs the pipeline's stages (the
-front end: magnitude mask, echo fit, Laplacian unwrapping or ``--unwrapping``; then
-single-step TV, the default, and RESHARP + TV) on the same data with and without it.
+lesion to qsmprep's simulated heads and runs the pipeline's stages
+(``pipeline_accuracy.front_end``: magnitude mask, echo fit, Laplacian unwrapping or
+``--unwrapping``; then single-step TV, the default, and RESHARP + TV) on the same data with
+and without it.
 
 Printed per case (NRMSE % as everywhere in docs/benchmarks.md; chi in ppm):
 
@@ -94,16 +95,9 @@ def simulate_case(cfg: dict, lesion: str | None):
 
 
 def run_case(case, unwrapping: str = "laplacian") -> dict:
-    from qsmprep.algorithms import combine
-    from qsmprep.algorithms.unwrap import unwrap_field_hz
-    from qsmprep.interfaces.field import compute_mask
+    from pipeline_accuracy import front_end
 
-    mask = compute_mask("magnitude", case["phase"], case["mag"], np.diag([*case["vox"], 1.0]),
-                        echo_times_s=case["tes"])  # fmt: skip
-    fit = combine.fit_field_linear(case["phase"], case["mag"], echo_times_s=case["tes"], mask=mask)
-    total_hz = unwrap_field_hz(fit.field_hz, wrap_period_hz=fit.wrap_period_hz,
-                               voxel_size_mm=case["vox"], mask=mask, method=unwrapping,
-                               magnitude=case["mag"]) * mask  # fmt: skip
+    mask, total_hz = front_end(case, unwrapping=unwrapping)
     total = hz_to_ppm(total_hz, b0_tesla=case["b0"])
     vox, b0 = case["vox"], case["b0_dir"]
     chi_ss, core = single_step_tv(total, mask, voxel_size_mm=vox, b0_direction=b0)

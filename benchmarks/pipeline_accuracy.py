@@ -135,18 +135,22 @@ def crop_slab(case, thickness_mm: float) -> dict:
                 truth=case["truth"][:, :, sl], brain=case["brain"][:, :, sl])  # fmt: skip
 
 
-def front_end(case, erosions: int = 0, method: str = "magnitude"):
-    """The pipeline's front end: ``--masking method``, the echo fit and Laplacian unwrapping."""
+def front_end(case, erosions: int = 0, method: str = "magnitude",
+              unwrapping: str = "laplacian"):  # fmt: skip
+    """The pipeline's front end: ``--masking method``, the echo fit (guided by the closest
+    pair's field for uneven echoes) and ``--unwrapping`` (default Laplacian)."""
     from qsmprep.interfaces.field import compute_mask
 
     mask = compute_mask(method, case["phase"], case["mag"], np.diag([*case["vox"], 1.0]),
                         echo_times_s=case["tes"], erosions=erosions)  # fmt: skip
     ref = combine.reference_field(case["phase"], case["mag"], echo_times_s=case["tes"],
-                                  mask=mask, voxel_size_mm=case["vox"])  # fmt: skip
+                                  mask=mask, voxel_size_mm=case["vox"],
+                                  unwrapping=unwrapping)  # fmt: skip
     fit = combine.fit_field_linear(case["phase"], case["mag"], echo_times_s=case["tes"],
                                    mask=mask, reference_field_hz=ref)  # fmt: skip
     total = unwrap_field_hz(fit.field_hz, wrap_period_hz=fit.wrap_period_hz,
-                            voxel_size_mm=case["vox"], mask=mask) * mask  # fmt: skip
+                            voxel_size_mm=case["vox"], mask=mask, method=unwrapping,
+                            magnitude=case["mag"]) * mask  # fmt: skip
     return mask, total
 
 
