@@ -39,12 +39,10 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from qsmprep.algorithms import simulate
 from qsmprep.algorithms.background import remove_background
 from qsmprep.algorithms.constants import hz_to_ppm
 from qsmprep.algorithms.inversion import invert
 from qsmprep.algorithms.inversion.single_step import single_step_tv
-from qsmprep.algorithms.kernels import forward_field
 from qsmprep.algorithms.metrics import nrmse
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bids_examples"))
@@ -62,36 +60,33 @@ LESIONS = {
 def simulate_case(cfg: dict, lesion: str | None):
     """``simulate_subject``'s head with ``lesion`` (or none) placed in the left deep white
     matter, lateral to the putamen."""
-    from make_examples import oblique_affine
+    import dataclasses
 
-    from qsmprep.algorithms.kernels import b0_direction_from_affine
+    from make_examples import simulate_subject
 
-    affine = oblique_affine(cfg["shape"], cfg["voxel"], cfg["angles_deg"])
-    b0_dir = b0_direction_from_affine(affine)
-    ph = simulate.make_head_phantom(cfg["shape"], voxel_size_mm=cfg["voxel"], rng=cfg["seed"])
-    chi, m0, r2s = ph.chi_ppm.copy(), ph.m0.copy(), ph.r2star_3t.copy()
-    region = np.zeros(ph.brain_mask.shape, bool)
-    if lesion is not None:
+    region = None
+
+    def add_lesion(ph):
+        nonlocal region
+        region = np.zeros(ph.brain_mask.shape, bool)
+        if lesion is None:
+            return ph
         value, pd, r2, radius = LESIONS[lesion]
         idx = np.argwhere(ph.brain_mask)
         lo, hi = idx.min(0), idx.max(0)
         centre = lo + (hi - lo) * np.array([0.22, 0.55, 0.55])
-        grid = np.indices(chi.shape).astype(np.float32)
-        parts = zip(grid, centre, cfg["voxel"], strict=True)
+        parts = zip(np.indices(region.shape), centre, cfg["voxel"], strict=True)
         dist = np.sqrt(sum(((g - c) * v) ** 2 for g, c, v in parts))
         region = (dist <= radius) & ph.brain_mask
+        chi, m0, r2s = ph.chi_ppm.copy(), ph.m0.copy(), ph.r2star_3t.copy()
         chi[region], m0[region], r2s[region] = value, pd, r2
-    sig = simulate.simulate_gre(
-        chi, voxel_size_mm=cfg["voxel"], echo_times_s=cfg["tes"], b0_tesla=cfg["b0"],
-        b0_direction=b0_dir, m0=m0 * ph.head_mask, r2star_hz=simulate.r2star_at(r2s, cfg["b0"]),
-        phase_offset_rad=simulate.phase_offset_map(cfg["shape"], rng=cfg["seed"]),
-        snr=100.0, rng=cfg["seed"],
-    )  # fmt: skip
-    total_true_ppm = forward_field(chi, voxel_size_mm=cfg["voxel"], b0_direction=b0_dir)
-    truth = np.where(ph.brain_mask, chi, 0).astype(np.float32)
+        return dataclasses.replace(ph, chi_ppm=chi, m0=m0, r2star_3t=r2s)
+
+    _, b0_dir, ph, sig = simulate_subject(cfg, edit=add_lesion)
     return dict(phase=sig.phase_rad, mag=sig.magnitude, tes=cfg["tes"], b0=cfg["b0"],
-                vox=cfg["voxel"], b0_dir=b0_dir, truth=truth, brain=ph.brain_mask,
-                lesion=region, total_true_ppm=total_true_ppm)  # fmt: skip
+                vox=cfg["voxel"], b0_dir=b0_dir, brain=ph.brain_mask, lesion=region,
+                truth=np.where(ph.brain_mask, ph.chi_ppm, 0).astype(np.float32),
+                total_true_ppm=sig.total_field_ppm)  # fmt: skip
 
 
 def run_case(case, unwrapping: str = "laplacian") -> dict:

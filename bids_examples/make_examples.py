@@ -59,12 +59,15 @@ def _save(data, affine, path: Path, dtype, meta: dict | None = None) -> None:
         )
 
 
-def simulate_subject(cfg: dict):
+def simulate_subject(cfg: dict, edit=None):
     """``(affine, b0_direction, phantom, signal)`` of one subject configuration (also used by
-    the benchmarks): an (oblique) slab with B0 from its affine, SNR 100."""
+    the benchmarks): an (oblique) slab with B0 from its affine, SNR 100. ``edit``, if given,
+    takes the head phantom and returns the one to simulate (e.g. with a lesion added)."""
     affine = oblique_affine(cfg["shape"], cfg["voxel"], cfg["angles_deg"])
     b0_dir = b0_direction_from_affine(affine)
     ph = simulate.make_head_phantom(cfg["shape"], voxel_size_mm=cfg["voxel"], rng=cfg["seed"])
+    if edit is not None:
+        ph = edit(ph)
     sig = simulate.simulate_gre(
         ph.chi_ppm, voxel_size_mm=cfg["voxel"], echo_times_s=cfg["tes"], b0_tesla=cfg["b0"],
         b0_direction=b0_dir, m0=ph.m0 * ph.head_mask,
