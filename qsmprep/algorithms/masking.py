@@ -242,20 +242,13 @@ def mask_from_magnitude(
     filled in 3-D and slice-wise except large dark ones (``max_hole_mm3``), erosions.
     """
     erosions = _check_erosions(erosions)
+    if threshold is not None and not 0.0 < float(threshold) < 1.0:
+        raise ValueError(f"threshold must be a fraction in (0, 1), got {threshold!r}")
     mag = combined_magnitude(magnitude)
-    nonzero = mag[mag > 0]
-    if nonzero.size == 0:
-        raise ValueError("magnitude is zero everywhere")
-    robust_max = float(np.percentile(nonzero, 99.5))
+    cut, clipped = _magnitude_cut(mag, threshold)
     if threshold is None:
-        clipped = np.minimum(mag, robust_max)
-        cut = otsu_threshold(clipped)
         if clipped[mag <= cut].mean() > _NO_BACKGROUND_RATIO * clipped[mag > cut].mean():
             cut = 0.0  # the two classes are both tissue: no air background to remove
-    else:
-        if not 0.0 < float(threshold) < 1.0:
-            raise ValueError(f"threshold must be a fraction in (0, 1), got {threshold!r}")
-        cut = float(threshold) * robust_max
     tissue = mag > cut
     if not tissue.any():
         raise ValueError("no voxel passed the threshold: the mask would be empty")
@@ -266,24 +259,32 @@ def mask_from_magnitude(
     return _clean(filled, erosions, fill=False)
 
 
+def _magnitude_cut(image: np.ndarray, threshold: float | None) -> tuple[float, np.ndarray]:
+    """``(cut, clipped)``: ``image`` clipped at the 99.5th percentile of its non-zero values
+    (the robust maximum) and the cut between background and tissue, Otsu's on the clipped
+    values or ``threshold`` times the robust maximum. Raises ``ValueError`` for an image
+    that is zero everywhere or has a single value."""
+    nonzero = image[image > 0]
+    if nonzero.size == 0:
+        raise ValueError("magnitude is zero everywhere")
+    robust_max = float(np.percentile(nonzero, 99.5))
+    clipped = np.minimum(image, robust_max)
+    if threshold is not None:
+        return float(threshold) * robust_max, clipped
+    return otsu_threshold(clipped), clipped
+
+
 def _first_echo_and_cut(magnitude, combined, cut, threshold):
     """The image and threshold that decide whether an enclosed dark region has signal: the
-    first echo (the most signal) and its own Otsu (or ``threshold``) cut for a 4-D input,
+    first echo (the most signal) and its own cut (:func:`_magnitude_cut`) for a 4-D input,
     else the combined image and ``cut``. A vein or haemorrhage is dark at late echoes but
     not at the first; bone and air are dark at every echo."""
     mag = np.asarray(magnitude)
     if mag.ndim != 4 or mag.shape[3] < 2 or cut == 0.0:
         return combined, cut
     first = combined_magnitude(mag[..., 0])
-    nonzero = first[first > 0]
-    if nonzero.size == 0:
-        return combined, cut
-    robust_max = float(np.percentile(nonzero, 99.5))
-    if threshold is not None:
-        return first, float(threshold) * robust_max
-    clipped = np.minimum(first, robust_max)
     try:
-        return first, otsu_threshold(clipped)
+        return first, _magnitude_cut(first, threshold)[0]
     except ValueError:
         return combined, cut
 
