@@ -111,7 +111,6 @@ class BrainMask(SimpleInterface):
 class _UserMaskInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="the user's mask (--brain-mask-dir)")
     erosions = traits.Int(0, usedefault=True, desc="--mask-erosions")
-    phase = File(exists=True, desc="4-D phase (rad); unused, keeps the node's inputs alike")
 
 
 class UserMask(SimpleInterface):

@@ -116,7 +116,6 @@ def init_field_wf(
     unwrap = pe.Node(PhaseUnwrapping(method=unwrapping), name="unwrap", mem_gb=mem_gb)
     workflow.connect([
         (inputnode, phase_scaling, [("phase_files", "in_files")]),
-        (phase_scaling, brain_mask, [("out_file", "phase")]),
         (phase_scaling, combine, [("out_file", "phase")]),
         (brain_mask, combine, [("out_file", "mask")]),
         (combine, unwrap, [("field_hz", "field_hz"), ("wrap_period_hz", "wrap_period_hz")]),
@@ -126,6 +125,8 @@ def init_field_wf(
         (combine, outputnode, [("residual", "fit_residual")]),
         (unwrap, outputnode, [("out_file", "total_field_hz")]),
     ])  # fmt: skip
+    if not user_mask:  # the user's mask needs neither phase nor magnitude
+        workflow.connect(phase_scaling, "out_file", brain_mask, "phase")
     if has_magnitude:
         stack = pe.Node(StackEchoes(), name="magnitude_stack", mem_gb=mem_gb)
         if not user_mask:
