@@ -743,9 +743,11 @@ def check_acquisition_advice(acq: Acquisition) -> list[str]:
             f"{acq.n_echoes} echo(es); {_CONSENSUS} at least 3 echoes for a robust field estimate"
         )
     else:
-        spacing = [b - a for a, b in zip(acq.echo_times_s, acq.echo_times_s[1:], strict=False)]
-        if max(spacing) - min(spacing) > max(1e-5, 0.01 * min(spacing)):
-            shown = ", ".join(f"{1000 * s:.2f}" for s in spacing)
+        from qsmprep.algorithms.combine import uniform_spacing
+
+        if not uniform_spacing(acq.echo_times_s, rtol=0.01):
+            tes = acq.echo_times_s
+            shown = ", ".join(f"{1000 * (b - a):.2f}" for a, b in zip(tes, tes[1:], strict=False))
             warnings.append(
                 f"echo spacing is not uniform ({shown} ms); {_CONSENSUS} uniform spacing"
             )
