@@ -143,11 +143,11 @@ def front_end(case, erosions: int = 0, method: str = "magnitude",
 
     mask = compute_mask(method, case["phase"], case["mag"], np.diag([*case["vox"], 1.0]),
                         echo_times_s=case["tes"], erosions=erosions)  # fmt: skip
-    ref = combine.reference_field(case["phase"], case["mag"], echo_times_s=case["tes"],
-                                  mask=mask, voxel_size_mm=case["vox"],
-                                  unwrapping=unwrapping)  # fmt: skip
+    ref = combine.temporal_unwrap_guide(case["phase"], case["mag"], echo_times_s=case["tes"],
+                                        mask=mask, voxel_size_mm=case["vox"],
+                                        unwrapping=unwrapping)  # fmt: skip
     fit = combine.fit_field_linear(case["phase"], case["mag"], echo_times_s=case["tes"],
-                                   mask=mask, reference_field_hz=ref)  # fmt: skip
+                                   mask=mask, guide_field_hz=ref)  # fmt: skip
     total = unwrap_field_hz(fit.field_hz, wrap_period_hz=fit.wrap_period_hz,
                             voxel_size_mm=case["vox"], mask=mask, method=unwrapping,
                             magnitude=case["mag"]) * mask  # fmt: skip

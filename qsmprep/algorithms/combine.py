@@ -80,7 +80,7 @@ def fit_field_linear(
     *,
     echo_times_s: Sequence[float],
     mask: npt.ArrayLike | None = None,
-    reference_field_hz: npt.ArrayLike | None = None,
+    guide_field_hz: npt.ArrayLike | None = None,
 ) -> FieldFit:
     """Fit ``phi_n = phi0 + 2 pi f TE_n`` to multi-echo phase, voxel by voxel.
 
@@ -95,9 +95,9 @@ def fit_field_linear(
         Strictly increasing echo times in seconds.
     mask : (X, Y, Z) bool array, optional
         Voxels to fit (default all); the maps are 0 elsewhere.
-    reference_field_hz : (X, Y, Z) array, optional
+    guide_field_hz : (X, Y, Z) array, optional
         An unaliased (spatially unwrapped) estimate of the field, e.g. from
-        :func:`reference_field`, that guides the temporal unwrapping (below). Needed for
+        :func:`temporal_unwrap_guide`, that guides the temporal unwrapping (below). Needed for
         unevenly spaced echoes, whose consecutive differences otherwise wrap inconsistently
         wherever ``|f|`` exceeds ``1 / (2 max dTE)``.
 
@@ -146,10 +146,10 @@ def fit_field_linear(
     wrap_period = float(1.0 / np.min(np.diff(tes)))
     phi = phase[m]  # (V, E)
     ref = None
-    if reference_field_hz is not None:
-        ref = np.asarray(reference_field_hz, dtype=np.float32)
+    if guide_field_hz is not None:
+        ref = np.asarray(guide_field_hz, dtype=np.float32)
         if ref.shape != shape:
-            raise ValueError(f"reference_field_hz must have shape {shape}, got {ref.shape}")
+            raise ValueError(f"guide_field_hz must have shape {shape}, got {ref.shape}")
         ref = ref[m]
     psi = _temporal_unwrap(phi, None if mag is None else mag[m], tes, ref)
     w = np.ones(phi.shape, np.float32) if mag is None else np.square(mag[m], dtype=np.float32)
@@ -190,7 +190,7 @@ def uniform_spacing(echo_times_s: Sequence[float], *, rtol: float = 1e-3) -> boo
     return steps.size == 0 or bool(np.allclose(steps, steps[0], rtol=rtol, atol=1e-6))
 
 
-def reference_field(
+def temporal_unwrap_guide(
     phase_rad: npt.ArrayLike,
     magnitude: npt.ArrayLike | None = None,
     *,
@@ -206,7 +206,7 @@ def reference_field(
     ``f_r = W(phi_{k+1} - phi_k) / (2 pi dTE_min)``, is known modulo ``1 / dTE_min``; it is
     spatially unwrapped with ``unwrapping``
     (:func:`qsmprep.algorithms.unwrap.unwrap_field_hz`) and given to
-    :func:`fit_field_linear` as ``reference_field_hz``. This is the template idea of
+    :func:`fit_field_linear` as ``guide_field_hz``. This is the template idea of
     multi-echo ROMEO (Dymerska et al., MRM 2021;85:2321-2333, doi:10.1002/mrm.28563): unwrap
     once in space, then every echo in time against the template. Its noise
     (``sqrt(2) sigma_phi / (2 pi dTE_min)``) only has to stay below

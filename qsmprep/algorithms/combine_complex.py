@@ -60,13 +60,13 @@ def fit_field_nonlinear(
     max_iterations: int = 30,
     tol: float = 1e-4,
     noise_sigma: float | None = None,
-    reference_field_hz: npt.ArrayLike | None = None,
+    guide_field_hz: npt.ArrayLike | None = None,
 ) -> ComplexFieldFit:
     """Fit ``S_n = m_n exp(i (phi0 + 2 pi f TE_n))`` to complex multi-echo data (Gauss-Newton).
 
-    ``reference_field_hz`` (unevenly spaced echoes; see
-    :func:`qsmprep.algorithms.combine.reference_field`) guides the linear fit that starts the
-    iterations.
+    ``guide_field_hz`` (unevenly spaced echoes; see
+    :func:`qsmprep.algorithms.combine.temporal_unwrap_guide`) guides the linear fit that
+    starts the iterations.
 
     Parameters
     ----------
@@ -127,7 +127,7 @@ def fit_field_nonlinear(
     if noise_sigma is not None and not (np.isfinite(noise_sigma) and noise_sigma > 0):
         raise ValueError(f"noise_sigma must be a positive number, got {noise_sigma!r}")
     lin = fit_field_linear(phase, mag, echo_times_s=tes, mask=m,
-                           reference_field_hz=reference_field_hz)  # fmt: skip
+                           guide_field_hz=guide_field_hz)  # fmt: skip
     sig = (mag[m] * np.exp(1j * phase[m])).astype(np.complex128)  # (V, E)
     amp = np.abs(sig)
     t = tes - tes.mean()

@@ -667,7 +667,7 @@ def _run_mask(args) -> None:
 
 
 def _run_combine(args) -> None:
-    from qsmprep.algorithms.combine import fit_field_linear, reference_field
+    from qsmprep.algorithms.combine import fit_field_linear, temporal_unwrap_guide
     from qsmprep.algorithms.unwrap import unwrap_field_hz
 
     phase, affine = _load_phase_stack(args.phase)
@@ -677,9 +677,9 @@ def _run_combine(args) -> None:
         mag = _load_magnitude_stack(args.magnitude, phase.shape, affine, args.phase[0])
     mask = _load_mask(args.mask, phase.shape[:3], affine, args.phase[0])
     voxel_size_mm = _voxel_size_mm(affine)
-    ref = reference_field(phase, mag, echo_times_s=args.te_s, mask=mask,
-                          voxel_size_mm=voxel_size_mm, unwrapping=args.unwrap)  # fmt: skip
-    fit = fit_field_linear(phase, mag, echo_times_s=args.te_s, mask=mask, reference_field_hz=ref)
+    ref = temporal_unwrap_guide(phase, mag, echo_times_s=args.te_s, mask=mask,
+                                voxel_size_mm=voxel_size_mm, unwrapping=args.unwrap)  # fmt: skip
+    fit = fit_field_linear(phase, mag, echo_times_s=args.te_s, mask=mask, guide_field_hz=ref)
     field_hz = unwrap_field_hz(
         fit.field_hz, wrap_period_hz=fit.wrap_period_hz, voxel_size_mm=voxel_size_mm, mask=mask,
         method=args.unwrap,

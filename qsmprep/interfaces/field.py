@@ -238,15 +238,16 @@ class EchoCombination(SimpleInterface):
             phase = combine_complex.remove_phase_offset(phase, phi0)
         # unevenly spaced echoes: a spatially unwrapped field of the closest pair guides the
         # temporal unwrapping (None for equal spacing)
-        ref = combine.reference_field(phase, mag, echo_times_s=tes, mask=mask,
-                                      voxel_size_mm=nifti.geometry(affine)[0],
-                                      unwrapping=self.inputs.unwrapping)  # fmt: skip
+        ref = combine.temporal_unwrap_guide(
+            phase, mag, echo_times_s=tes, mask=mask, voxel_size_mm=nifti.geometry(affine)[0],
+            unwrapping=self.inputs.unwrapping,
+        )  # fmt: skip
         if self.inputs.method == "nonlinear-fit" and mag is not None and len(tes) > 1:
             fit = combine_complex.fit_field_nonlinear(phase, mag, echo_times_s=tes, mask=mask,
-                                                      reference_field_hz=ref)  # fmt: skip
+                                                      guide_field_hz=ref)  # fmt: skip
         else:  # the nonlinear fit needs magnitude and >= 2 echoes
             fit = combine.fit_field_linear(phase, mag, echo_times_s=tes, mask=mask,
-                                           reference_field_hz=ref)  # fmt: skip
+                                           guide_field_hz=ref)  # fmt: skip
         self._results["field_hz"] = nifti.save(fit.field_hz, affine, _out(runtime, "fit_hz.nii.gz"))
         self._results["phase_offset"] = nifti.save(
             fit.phase_offset_rad, affine, _out(runtime, "phase_offset.nii.gz")

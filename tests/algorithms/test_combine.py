@@ -149,9 +149,9 @@ def test_unevenly_spaced_echoes_with_a_large_field(phantom, unwrapping):
     the 10 ms gap's 100 Hz periods, so consecutive differences wrap inconsistently: the plain
     fit is not even right modulo 1 / dTE_min and unwrapping cannot repair it (measured: 0.83
     of the brain within 10 % of a period). Guided by the closest pair's unwrapped field
-    (:func:`reference_field`), the fit, unwrapped in space, is the simulated total field
+    (:func:`temporal_unwrap_guide`), the fit, unwrapped in space, is the simulated total field
     (all of the brain; NRMSE < 2 %, measured 0.47 %)."""
-    from qsmprep.algorithms.combine import reference_field
+    from qsmprep.algorithms.combine import temporal_unwrap_guide
 
     tes = (0.003, 0.0075, 0.015, 0.025)
     mask = phantom.brain_mask
@@ -165,17 +165,17 @@ def test_unevenly_spaced_echoes_with_a_large_field(phantom, unwrapping):
 
     plain = fit_field_linear(sig.phase_rad, sig.magnitude, echo_times_s=tes, mask=mask)
     assert exact_fraction(unwrapped(plain), truth, mask, plain.wrap_period_hz) < 0.95
-    ref = reference_field(sig.phase_rad, sig.magnitude, echo_times_s=tes, mask=mask,
-                          voxel_size_mm=VOX, unwrapping=unwrapping)  # fmt: skip
+    ref = temporal_unwrap_guide(sig.phase_rad, sig.magnitude, echo_times_s=tes, mask=mask,
+                                voxel_size_mm=VOX, unwrapping=unwrapping)  # fmt: skip
     fit = fit_field_linear(sig.phase_rad, sig.magnitude, echo_times_s=tes, mask=mask,
-                           reference_field_hz=ref)  # fmt: skip
+                           guide_field_hz=ref)  # fmt: skip
     assert fit.wrap_period_hz == pytest.approx(1 / 0.0045)
     field = unwrapped(fit)
     assert exact_fraction(field, truth, mask, fit.wrap_period_hz) >= 0.999
     assert nrmse(field, truth, mask) < 2.0
     # equally spaced echoes need no reference
-    assert reference_field(sig.phase_rad[..., :2], echo_times_s=tes[:2], mask=mask,
-                           voxel_size_mm=VOX) is None  # fmt: skip
+    assert temporal_unwrap_guide(sig.phase_rad[..., :2], echo_times_s=tes[:2], mask=mask,
+                                 voxel_size_mm=VOX) is None  # fmt: skip
 
 
 def test_magnitude_weighting_reduces_noise():
